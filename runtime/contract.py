@@ -1,0 +1,143 @@
+"""The preprocessing contract every fer-edge artifact carries.
+
+It says exactly how a face crop becomes the model's input tensor and what the outputs mean. Export
+writes it into the ONNX `metadata_props` (key `fer_edge.contract`) and into a sidecar `<artifact>.json`;
+the runtime, calibration and the benchmark read it back and refuse an artifact whose contract is
+missing or inconsistent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .errors import ContractError
+
+SCHEMA_VERSION = 1
+METADATA_KEY = "fer_edge.contract"
+
+INTERPOLATIONS = ("area", "linear", "cubic", "nearest")
+COLOR_ORDERS = ("GRAY", "BGR", "RGB")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class ModelContract:
+    arch: str
+    labels: List[str]
+    input_size: int
+    channels: int
+    color_order: str
+    mean: List[float]
+    std: List[float]
+    interpolation: str = "area"
+    # Fraction of the (square) face box added on every side before cropping; 0.1 = 10% margin.
+    crop_margin: float = 0.1
+    crop_square: bool = True
+    dtype: str = "float32"
+    layout: str = "NCHW"
+    precision: str = "fp32"
+    input_name: str = "input"
+    output_name: str = "logits"
+    output_kind: str = "logits"
+    source_weights_sha256: str = ""
+    versions: Dict[str, str] = field(default_factory=dict)
+    created_utc: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    # ----------------------------------------------------------------- checks
+    def validate(self) -> "ModelContract":
+        """Raise ContractError naming every inconsistency found."""
+        problems = []
+        if self.schema_version != SCHEMA_VERSION:
+            problems.append(f"schema_version {self.schema_version} (this fer-edge reads {SCHEMA_VERSION})")
+        if not isinstance(self.labels, list) or len(self.labels) < 2 or not all(isinstance(x, str) and x for x in self.labels):
+            problems.append("labels must be a list of at least two non-empty class names")
+        elif len(set(self.labels)) != len(self.labels):
+            problems.append(f"labels contain duplicates: {self.labels}")
+        if not isinstance(self.input_size, int) or not 8 <= self.input_size <= 1024:
+            problems.append(f"input_size {self.input_size!r} must be an integer between 8 and 1024")
+        if self.channels not in (1, 3):
+            problems.append(f"channels {self.channels!r} must be 1 or 3")
+        if self.color_order not in COLOR_ORDERS:
+            problems.append(f"color_order {self.color_order!r} must be one of {COLOR_ORDERS}")
+        elif (self.channels == 1) != (self.color_order == "GRAY"):
+            problems.append(f"color_order {self.color_order} does not fit channels={self.channels} (1 channel means GRAY)")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, list) or len(values) != self.channels:
+                problems.append(f"{name} must list one value per channel ({self.channels}), got {values!r}")
+        if isinstance(self.std, list) and any((not isinstance(s, (int, float))) or s <= 0 for s in self.std):
+            problems.append(f"std values must be positive, got {self.std!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation {self.interpolation!r} must be one of {INTERPOLATIONS}")
+        if not isinstance(self.crop_margin, (int, float)) or not 0.0 <= self.crop_margin <= 1.0:
+            problems.append(f"crop_margin {self.crop_margin!r} must be between 0 and 1")
+        if self.dtype != "float32" or self.layout != "NCHW":
+            problems.append(f"dtype/layout {self.dtype}/{self.layout}: only float32 NCHW inputs are supported")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision {self.precision!r} must be one of {PRECISIONS}")
+        if self.output_kind not in ("logits", "probabilities"):
+            problems.append(f"output_kind {self.output_kind!r} must be 'logits' or 'probabilities'")
+        if problems:
+            raise ContractError("invalid model contract: " + "; ".join(problems)
+                                + ". Re-export the model with fer-export to write a valid contract.")
+        return self
+
+    # ---------------------------------------------------------- serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], source: str = "contract") -> "ModelContract":
+        if not isinstance(data, dict):
+            raise ContractError(f"{source}: contract must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - data.keys())
+        if missing:
+            raise ContractError(f"{source}: contract lacks {missing}. Re-export the model with fer-export.")
+        kwargs = {k: v for k, v in data.items() if k in known}
+        try:
+            contract = cls(**kwargs)
+        except TypeError as exc:  # pragma: no cover - dataclass signature mismatch
+            raise ContractError(f"{source}: {exc}") from None
+        return contract.validate()
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "contract") -> "ModelContract":
+        try:
+            data = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise ContractError(f"{source}: contract is not valid JSON ({exc}). Re-export the model with fer-export.") from None
+        return cls.from_dict(data, source)
+
+    def with_precision(self, precision: str) -> "ModelContract":
+        return dataclasses.replace(self, precision=precision).validate()
+
+    def preprocessing_fields(self) -> Dict[str, Any]:
+        """The fields that decide what tensor a face becomes; used to key caches and compare artifacts."""
+        keys = ("input_size", "channels", "color_order", "mean", "std", "interpolation",
+                "crop_margin", "crop_square", "dtype", "layout")
+        return {k: getattr(self, k) for k in keys}
+
+
+def compare_contracts(a: ModelContract, b: ModelContract, what_a: str, what_b: str) -> Optional[str]:
+    """Describe how two contracts disagree on preprocessing or labels, or None when they agree."""
+    diffs = []
+    pa, pb = a.preprocessing_fields(), b.preprocessing_fields()
+    for key in pa:
+        if pa[key] != pb[key]:
+            diffs.append(f"{key}: {pa[key]!r} in {what_a} vs {pb[key]!r} in {what_b}")
+    if list(a.labels) != list(b.labels):
+        diffs.append(f"labels: {a.labels} in {what_a} vs {b.labels} in {what_b}")
+    return "; ".join(diffs) or None
