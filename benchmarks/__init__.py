@@ -1,1 +1,1 @@
-"""placeholder"""
+"""fer-bench: latency and accuracy of fer-edge artifacts."""

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Calibration sets and INT8 quantization with an accuracy gate."""

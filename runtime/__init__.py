@@ -1,1 +1,14 @@
-"""placeholder"""
+"""The lean fer-edge runtime: numpy, OpenCV and ONNX Runtime (TensorRT when installed). No torch, timm or onnx.
+
+    from fer_edge import runtime
+    model = runtime.load("fer-artifacts/model.onnx", threads=2)
+    for face in model.predict(crops):
+        print(face.label, face.score)
+"""
+from .contract import ModelContract
+from .errors import BackendUnavailableError, ContractError, DataError, FerEdgeError, ModelLoadError
+from .model import FacePrediction, FerModel, load, softmax
+from .preprocess import crop_face, prepare_batch
+
+__all__ = ["load", "FerModel", "FacePrediction", "ModelContract", "prepare_batch", "crop_face", "softmax",
+           "FerEdgeError", "ContractError", "ModelLoadError", "BackendUnavailableError", "DataError"]

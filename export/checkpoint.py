@@ -1,0 +1,140 @@
+"""Read a timm EfficientNetV2 checkpoint (.pt/.pth state_dict, training dict, or .safetensors) safely."""
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from fer_edge.runtime.artifact_io import sha256_file
+from fer_edge.runtime.errors import FerEdgeError
+from fer_edge.runtime.labels import LABEL_SETS
+
+CHECKPOINT_FORMAT = "fer_edge.checkpoint.v1"
+# Keys under which training scripts (ours, timm's train.py, Lightning, plain loops) keep the weights.
+_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "state_dict_ema", "model_ema", "ema")
+_PREFIXES = ("module.", "model.", "_orig_mod.")
+REFERENCE_MODEL = Path(__file__).resolve().parent / "reference_model" / "fer2013_tf_efficientnetv2_b0.safetensors"
+
+
+class CheckpointError(FerEdgeError, ValueError):
+    """The checkpoint cannot be read or does not describe a model we can build."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    sha256: str
+    state_dict: Dict[str, Any]
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_chans(self) -> int:
+        weight = self.state_dict.get("conv_stem.weight")
+        if weight is None:
+            raise CheckpointError(f"{self.path}: no 'conv_stem.weight' tensor; this is not a timm EfficientNet(V2) "
+                                  "state_dict (keys start with: " + ", ".join(list(self.state_dict)[:3]) + ")")
+        return int(weight.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        weight = self.state_dict.get("classifier.weight")
+        if weight is None:
+            raise CheckpointError(f"{self.path}: no 'classifier.weight' tensor; cannot tell the class count")
+        return int(weight.shape[0])
+
+
+def _strip_prefixes(state: Dict[str, Any]) -> Dict[str, Any]:
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _extract_state_dict(obj: Any, path: Path) -> tuple:
+    import torch
+    if isinstance(obj, torch.nn.Module):
+        return obj.state_dict(), {}
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a state_dict or a dict holding one")
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, {}
+    meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool, list)) or v is None}
+    for key in _STATE_KEYS:
+        value = obj.get(key)
+        if isinstance(value, torch.nn.Module):
+            return value.state_dict(), meta
+        if isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+            return value, meta
+    raise CheckpointError(f"{path}: no state_dict found; looked for a tensor dict or one of the keys {_STATE_KEYS} "
+                          f"(top-level keys: {sorted(obj)[:10]})")
+
+
+def load_checkpoint(path, allow_pickle: bool = False) -> Checkpoint:
+    """Load weights without executing code: torch.load(weights_only=True) or safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    import torch
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt") as fh:
+                header = fh.metadata() or {}
+                state = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        meta = json.loads(header["fer_edge"]) if "fer_edge" in header else {}
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if not allow_pickle:
+                raise CheckpointError(
+                    f"{path}: this checkpoint needs arbitrary unpickling, which can run code hidden in the file "
+                    f"({str(exc).splitlines()[0][:160]}). Only if you trust its source, re-run with --allow-pickle; "
+                    "better, save a plain state_dict: torch.save(model.state_dict(), 'weights.pt').") from None
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:160]})") from None
+        state, meta = _extract_state_dict(obj, path)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in _strip_prefixes(dict(state)).items()}
+    return Checkpoint(path=path, sha256=sha256_file(path), state_dict=state, meta=meta)
+
+
+def resolve_labels(ckpt: Checkpoint, labels_flag: Optional[List[str]]) -> List[str]:
+    recorded = ckpt.meta.get("labels")
+    n = ckpt.num_classes
+    if labels_flag is not None:
+        if recorded and list(recorded) != list(labels_flag):
+            raise CheckpointError(f"--labels {labels_flag} contradicts the labels recorded in {ckpt.path.name}: {recorded}")
+        labels = list(labels_flag)
+    elif recorded:
+        labels = list(recorded)
+    elif n == len(LABEL_SETS["fer2013"]):
+        labels = list(LABEL_SETS["fer2013"])
+    elif n == len(LABEL_SETS["ferplus"]):
+        labels = list(LABEL_SETS["ferplus"])
+    else:
+        raise CheckpointError(f"{ckpt.path.name} has {n} classes and records no labels; pass --labels a,b,c "
+                              "with the class names in output order")
+    if len(labels) != n:
+        raise CheckpointError(f"{len(labels)} labels given ({labels}) but the classifier has {n} outputs")
+    return labels
+
+
+def resolve_field(ckpt: Checkpoint, key: str, flag_value, flag_name: str, default=None):
+    """Checkpoint value where recorded, else the flag; refuse a flag that contradicts the checkpoint."""
+    recorded = ckpt.meta.get(key)
+    if recorded is not None and flag_value is not None and recorded != flag_value:
+        raise CheckpointError(f"{flag_name} {flag_value} contradicts {key}={recorded!r} recorded in {ckpt.path.name}; "
+                              f"drop {flag_name} or pass the right checkpoint")
+    value = recorded if recorded is not None else flag_value
+    if value is None:
+        if default is None:
+            raise CheckpointError(f"{ckpt.path.name} does not record {key}; pass {flag_name}")
+        value = default
+    return value

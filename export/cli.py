@@ -1,0 +1,87 @@
+"""`fer-export`: checkpoint -> ONNX FP32/FP16 (INT8 and TensorRT engines via their own flags)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from fer_edge.runtime.contract import INTERPOLATIONS
+from fer_edge.runtime.errors import FerEdgeError
+from fer_edge.runtime.labels import parse_labels
+
+EXAMPLES = """examples:
+  fer-export                                   # bundled reference model -> ./fer-artifacts/*_fp32.onnx
+  fer-export --fp16                            # also an FP16 ONNX for strongly typed TensorRT builds
+  fer-export --checkpoint best.pt --arch tf_efficientnetv2_b0 --img-size 64 --labels ferplus
+  fer-export --checkpoint w.safetensors --parity-data fer2013.csv --parity-split PublicTest
+
+Every artifact carries its preprocessing contract (metadata_props and <artifact>.json), and the
+export fails, writing nothing, unless ONNX Runtime agrees with PyTorch on real faces.
+"""
+
+
+def _floats(text: str) -> List[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers, e.g. 0.5 or 0.485,0.456,0.406")
+
+
+def _labels(text: str) -> List[str]:
+    try:
+        return parse_labels(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fer-export", description="Export a timm EfficientNetV2 FER checkpoint to deployable ONNX artifacts.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--checkpoint", metavar="PATH",
+                       help=".pt/.pth state_dict or training checkpoint, or .safetensors (default: the bundled reference model)")
+    model.add_argument("--arch", help="timm architecture, e.g. tf_efficientnetv2_b0 (read from the checkpoint when recorded)")
+    model.add_argument("--img-size", type=int, metavar="N", help="square input size in pixels (read from the checkpoint when recorded)")
+    model.add_argument("--labels", type=_labels, metavar="SET", help="fer2013 (7), ferplus (8) or a,b,c in output order")
+    model.add_argument("--mean", type=_floats, help="normalisation mean per channel (default 0.5 gray, ImageNet RGB)")
+    model.add_argument("--std", type=_floats, help="normalisation std per channel")
+    model.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize kernel (default area)")
+    model.add_argument("--crop-margin", type=float, metavar="F", help="face-box margin per side as a fraction (default 0.1)")
+    model.add_argument("--allow-pickle", action="store_true",
+                       help="allow checkpoints that need arbitrary unpickling (runs code from the file: trusted files only)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default="fer-artifacts", metavar="DIR", help="output folder (default ./fer-artifacts)")
+    out.add_argument("--fp16", action="store_true", help="also write an explicit-precision FP16 ONNX (FP32 I/O)")
+    out.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17: TensorRT 8.6 to 11 parse it)")
+    check = parser.add_argument_group("parity check")
+    check.add_argument("--parity-data", metavar="PATH",
+                       help="face images for the PyTorch-vs-ONNX check: fer2013.csv, .npz or image folder "
+                            "(default: FER-2013 PublicTest from ../shared when present)")
+    check.add_argument("--parity-split", metavar="SPLIT", help="split of a csv/npz, e.g. PublicTest")
+    check.add_argument("--parity-count", type=int, metavar="N", help="check on N random images of the set (default all)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from fer_edge.export.exporter import export_model
+    try:
+        written = export_model(
+            checkpoint=args.checkpoint, arch=args.arch, img_size=args.img_size, labels=args.labels, fp16=args.fp16,
+            out_dir=args.out, parity_data=args.parity_data, parity_split=args.parity_split,
+            parity_count=args.parity_count, opset=args.opset, command=["fer-export"] + list(argv or sys.argv[1:]),
+            mean=args.mean, std=args.std, interpolation=args.interpolation, crop_margin=args.crop_margin,
+            allow_pickle=args.allow_pickle)
+    except FerEdgeError as exc:
+        print(f"fer-export: error: {exc}", file=sys.stderr)
+        return 2
+    for artifact in written.values():
+        print(f"wrote {artifact.path}")
+        print(f"wrote {artifact.sidecar}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
