@@ -29,11 +29,54 @@ def build_model(arch: str, num_classes: int, in_chans: int, state_dict):
     return model.eval()
 
 
+def _static_same_padding(model, size: int, in_chans: int):
+    """A copy of the model whose TF-style dynamic "SAME" convolutions use constant padding for this input size.
+
+    timm's tf_* variants compute their padding from the input shape at run time; exported, that is ~400
+    Shape/Gather/arithmetic nodes, and onnxslim 0.1.98's constant folding of them gives wrong pads at odd
+    feature-map sizes (48 px: max |dlogit| 2.1 on the reference model). The input size is fixed by the
+    contract, so we fix the pads here; onnxslim then fuses each constant Pad into its Conv exactly.
+    """
+    import copy
+    import torch
+    from timm.layers.padding import get_same_padding
+
+    class StaticSamePadConv(torch.nn.Module):
+        def __init__(self, conv, pads):
+            super().__init__()
+            self.pad = torch.nn.ZeroPad2d(pads)
+            self.conv = conv
+
+        def forward(self, x):
+            return self.conv(self.pad(x))
+
+    model = copy.deepcopy(model)
+    sizes = {}
+    hooks = [module.register_forward_pre_hook(lambda m, args, name=name: sizes.__setitem__(name, args[0].shape[-2:]))
+             for name, module in model.named_modules() if type(module).__name__ == "Conv2dSame"]
+    with torch.no_grad():
+        model(torch.zeros(1, in_chans, size, size))
+    for hook in hooks:
+        hook.remove()
+    for name, (height, width) in sizes.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        conv = getattr(parent, attr)
+        pad_h = get_same_padding(int(height), conv.kernel_size[0], conv.stride[0], conv.dilation[0])
+        pad_w = get_same_padding(int(width), conv.kernel_size[1], conv.stride[1], conv.dilation[1])
+        plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                                conv.dilation, conv.groups, conv.bias is not None)
+        plain.load_state_dict(conv.state_dict())
+        setattr(parent, attr, StaticSamePadConv(plain, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)))
+    return model.eval()
+
+
 def export_fp32(model, contract: ModelContract, opset: int = DEFAULT_OPSET):
     """Legacy (TorchScript) exporter + onnxslim: the dynamo exporter cannot target opset 17 (see docs)."""
     import onnx
     import onnxslim
     import torch
+    model = _static_same_padding(model, contract.input_size, contract.channels)
     dummy = torch.zeros(1, contract.channels, contract.input_size, contract.input_size)
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -43,8 +86,7 @@ def export_fp32(model, contract: ModelContract, opset: int = DEFAULT_OPSET):
                           dynamic_axes={contract.input_name: {0: "batch"}, contract.output_name: {0: "batch"}},
                           do_constant_folding=True)
     proto = onnx.load_from_string(buffer.getvalue())
-    # timm's tf_* "SAME" padding exports as ~400 shape-arithmetic nodes; onnxslim folds them away.
-    proto = onnxslim.slim(proto)
+    proto = onnxslim.slim(proto)  # folds BN leftovers and fuses the constant Pads into their Convs
     onnx.checker.check_model(proto, full_check=True)
     return proto
 

@@ -1,0 +1,116 @@
+"""CPU-only engine builds with tensorrt-rtx: build time and engine size for FP32 / FP16 / INT8 Q/DQ ONNX.
+
+What CI (no GPU) can measure about the engine path. Weights are random (build time and size do not
+depend on them); the INT8 Q/DQ ONNX comes from ONNX Runtime quantize_static (symmetric, per-channel),
+calibrated on a few real FER-2013 faces only so that scales exist - its accuracy is meaningless.
+
+    python -m fer_edge.benchmarks.engine_build_bench --sizes 48 112 --out benchmarks/results/engine_build_rtx_cpu
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+
+def _qdq(fp32: Path, contract, out: Path, faces) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from fer_edge.runtime.artifact_io import atomic_write_json, sidecar_path
+    from fer_edge.runtime.preprocess import prepare_batch
+    batch = prepare_batch(list(faces), contract)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{contract.input_name: batch[i:i + 1]} for i in range(len(batch))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Conv", "Gemm"],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    atomic_write_json(sidecar_path(out), {"contract": contract.with_precision("int8").to_dict()})
+    return out
+
+
+def measure(sizes: List[int], work: Path, faces) -> List[Dict[str, object]]:
+    import onnx
+    from fer_edge.benchmarks.untrained_model import build_untrained, export_untrained
+    from fer_edge.export import onnx_export
+    from fer_edge.export.engine_build import BuildOptions, build_engine
+    from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json, sidecar_path
+    rows = []
+    for size in sizes:
+        model, contract = build_untrained(size)
+        sources = {"fp32": export_untrained(model, contract, work / f"b0_{size}_fp32.onnx")}
+        atomic_write_json(sidecar_path(sources["fp32"]), {"contract": contract.to_dict()})
+        proto16 = onnx_export.convert_fp16(onnx.load(str(sources["fp32"])))
+        onnx_export.embed_contract(proto16, contract.with_precision("fp16"))
+        sources["fp16"] = atomic_write_bytes(work / f"b0_{size}_fp16.onnx", proto16.SerializeToString())
+        atomic_write_json(sidecar_path(sources["fp16"]), {"contract": contract.with_precision("fp16").to_dict()})
+        sources["int8"] = _qdq(sources["fp32"], contract, work / f"b0_{size}_int8.onnx", faces)
+        for precision, onnx_path in sources.items():
+            for batch in ((1, 1, 1), (1, 8, 32)):
+                start = time.perf_counter()
+                built = build_engine(onnx_path, out_dir=work, flavour="tensorrt_rtx", log=lambda m: None,
+                                     options=BuildOptions(batch=batch))
+                rows.append({"size_px": size, "precision": precision, "profile": ":".join(map(str, batch)),
+                             "build_s": round(time.perf_counter() - start, 2),
+                             "engine_mb": round(built.path.stat().st_size / 1e6, 2),
+                             "onnx_mb": round(onnx_path.stat().st_size / 1e6, 2),
+                             "strongly_typed": built.engine_meta["strongly_typed"]})
+                print(rows[-1], flush=True)
+    return rows
+
+
+def write_results(rows, out: Path, command: List[str]) -> None:
+    import onnxruntime
+    import tensorrt_rtx
+    from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json
+    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model_name = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), "?")
+    import os
+    env = {"date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"), "cpu": model_name,
+           "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+           "tensorrt_rtx": tensorrt_rtx.__version__, "onnxruntime": onnxruntime.__version__, "gpu": "none"}
+    atomic_write_json(out.with_suffix(".json"), {"command": command, "environment": env, "rows": rows})
+    lines = ["# TensorRT-RTX engine builds on a CPU-only machine", "",
+             f"Command: `{' '.join(command)}`", "",
+             "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
+             "Random-weight tf_efficientnetv2_b0 (1 channel, 7 classes). Build time and size only: no GPU, so no "
+             "latency, and the INT8 scales come from a handful of faces (accuracy meaningless). The machine is "
+             "shared (2 cores; a training job and other tests ran at the same time), so build times are noisy "
+             "upper bounds.", "",
+             "| size | precision | profile | build s | engine MB | ONNX MB | strongly typed |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['size_px']} | {r['precision']} | {r['profile']} | {r['build_s']} | {r['engine_mb']} | "
+              f"{r['onnx_mb']} | {r['strongly_typed']} |" for r in rows]
+    atomic_write_bytes(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[48, 112])
+    parser.add_argument("--data", help="faces for INT8 scales (default FER-2013 PublicTest from ../shared)")
+    parser.add_argument("--out", default="benchmarks/results/engine_build_rtx_cpu", help="results path without suffix")
+    args = parser.parse_args(argv)
+    from fer_edge.benchmarks.datasets import default_fer2013_publictest, load_faces
+    data = args.data or default_fer2013_publictest()
+    if data is None:
+        print("engine_build_bench: pass --data (faces for INT8 scales)", file=sys.stderr)
+        return 2
+    faces = load_faces(data, limit=16).images
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = measure(args.sizes, Path(tmp), faces)
+    write_results(rows, Path(args.out), ["python", "-m", "fer_edge.benchmarks.engine_build_bench"] + (argv or sys.argv[1:]))
+    print(f"wrote {args.out}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""GPU self-check: build TensorRT engines from fer-edge ONNX artifacts, check them against ONNX Runtime on
+real faces, and print trtexec-style latency. Run it on the Jetson / desktop GPU that will serve the model.
+
+    python -m fer_edge.benchmarks.gpu_check --artifacts fer-artifacts --data fer2013_publictest.npz
+
+It refuses (exit 3) on a machine without TensorRT or a CUDA GPU, naming what is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from fer_edge.runtime.errors import BackendUnavailableError, FerEdgeError
+
+from . import trtexec_stats
+
+EXAMPLES = """examples:
+  fer-export --fp16 && fer-export --int8 --calib ../shared/data/fer2013/fer2013_train_1of2.npz --calib-split Training
+  python -m fer_edge.benchmarks.gpu_check                                  # fer-artifacts/*_{fp16,int8}.onnx
+  python -m fer_edge.benchmarks.gpu_check --onnx m_fp16.onnx --data faces/ --iterations 2000 --report gpu.json
+"""
+# Minimum top-1 agreement with ONNX Runtime on the same ONNX (the engine should only differ by kernel rounding).
+MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.99, "int8": 0.98}
+
+
+def require_gpu_stack(flavour: str = "auto"):
+    """TensorRT builder + a CUDA GPU, or BackendUnavailableError saying which is missing."""
+    from fer_edge.runtime.cuda_buffers import load_cuda_api
+    from fer_edge.runtime.trt_import import import_builder
+    trt = import_builder(flavour)
+    gpu = load_cuda_api("cuda-python").gpu_identity()
+    return trt, gpu
+
+
+def find_sources(artifacts: Path, onnx: Optional[List[str]]) -> List[Path]:
+    if onnx:
+        return [Path(p) for p in onnx]
+    found = sorted(p for p in artifacts.glob("*.onnx") if p.stem.endswith(("_fp16", "_int8")))
+    if not found:
+        raise FerEdgeError(f"no *_fp16.onnx or *_int8.onnx in {artifacts}; create them with `fer-export --fp16` and "
+                           "`fer-export --int8 --calib ...`, or pass --onnx PATH")
+    return found
+
+
+def parity(onnx_path: Path, engine_model, faces, precision: str) -> Dict[str, object]:
+    from fer_edge.runtime import load
+    reference = load(onnx_path)
+    ref = reference.predict_proba(faces.images)
+    got = engine_model.predict_proba(faces.images)
+    agreement = float((ref.argmax(1) == got.argmax(1)).mean())
+    out = {"faces": len(ref), "top1_agreement": agreement, "max_abs_prob_diff": float(np.abs(ref - got).max()),
+           "min_agreement": MIN_AGREEMENT[precision], "passed": agreement >= MIN_AGREEMENT[precision]}
+    if faces.targets is not None:
+        out["accuracy_onnxruntime"] = float((ref.argmax(1) == faces.targets).mean())
+        out["accuracy_engine"] = float((got.argmax(1) == faces.targets).mean())
+    return out
+
+
+def latency(model, face, iterations: int, warmup_ms: float) -> Dict[str, object]:
+    """Isolated batch-1 queries (sync after each: the robot's case), trtexec stage names."""
+    batch = model.preprocess(face[None])
+    end = time.perf_counter() + warmup_ms / 1e3
+    while time.perf_counter() < end:
+        model.backend.timed_run(batch)
+    from tqdm import tqdm
+    start = time.perf_counter()  # the bar's own cost is inside the wall time but not inside the event timings
+    runs = [model.backend.timed_run(batch) for _ in tqdm(range(iterations), desc="batch-1 queries", leave=False)]
+    wall_ms = (time.perf_counter() - start) * 1e3
+    predict = []
+    for _ in range(min(iterations, 500)):
+        t0 = time.perf_counter()
+        model.predict(face[None])
+        predict.append((time.perf_counter() - t0) * 1e3)
+    summary = trtexec_stats.summarize_stages(runs)
+    summary["predict_end_to_end"] = trtexec_stats.summarize(predict)
+    return {"summary": summary, "throughput_qps": trtexec_stats.throughput_qps(iterations, 1, wall_ms),
+            "warnings": trtexec_stats.warnings_for(summary),
+            "predict_over_gpu_compute": summary["predict_end_to_end"]["median"] / summary["gpu_compute"]["median"]}
+
+
+def check_one(onnx_path: Path, args, data: str) -> Dict[str, object]:
+    from fer_edge.benchmarks.datasets import load_faces
+    from fer_edge.export.engine_build import build_engine, options_with_preset
+    from fer_edge.runtime import load
+    options = options_with_preset(None, batch=(1, 1, args.max_batch), timing_cache=args.timing_cache)
+    built = build_engine(onnx_path, out_dir=args.out, options=options, flavour=args.trt)
+    model = load(built.path, cuda_graph=not args.no_cuda_graph, spin_wait=args.spin_wait)
+    precision = model.precision
+    faces = load_faces(data, labels=model.labels, split=args.split, limit=args.count)  # targets in model order
+    result = {"onnx": str(onnx_path), "engine": str(built.path), "precision": precision,
+              "bench_settings": model.backend.bench_settings,
+              "parity": parity(onnx_path, model, faces, precision),
+              "latency_batch1": latency(model, faces.images[0], args.iterations, args.warmup_ms)}
+    model.backend.close()
+    return result
+
+
+def print_report(results: List[Dict[str, object]]) -> None:
+    for r in results:
+        p = r["parity"]
+        print(f"\n## {Path(r['engine']).name} ({r['precision']})")
+        print(f"parity vs ONNX Runtime on {p['faces']} faces: top-1 agreement {p['top1_agreement']:.4f} "
+              f"(min {p['min_agreement']}), max |dprob| {p['max_abs_prob_diff']:.4f} -> "
+              f"{'PASS' if p['passed'] else 'FAIL'}")
+        if "accuracy_engine" in p:
+            print(f"accuracy: engine {p['accuracy_engine']:.4f}, ONNX Runtime {p['accuracy_onnxruntime']:.4f}")
+        lat = r["latency_batch1"]
+        print(trtexec_stats.markdown_table(lat["summary"]))
+        e2e = lat["summary"]["predict_end_to_end"]
+        print(f"predict() end to end median {e2e['median']:.4f} ms = {lat['predict_over_gpu_compute']:.2f}x GPU compute "
+              f"(goal <= 1.5x); throughput {lat['throughput_qps']:.0f} qps")
+        for note in lat["warnings"]:
+            print(f"WARNING: {note}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.gpu_check", description=__doc__,
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", default="fer-artifacts", help="folder with *_fp16.onnx / *_int8.onnx")
+    parser.add_argument("--onnx", nargs="+", metavar="PATH", help="check these ONNX files instead")
+    parser.add_argument("--data", help="faces for parity: .npz, fer2013.csv or image folder "
+                                       "(default: FER-2013 PublicTest from ../shared)")
+    parser.add_argument("--split", help="split of a csv/npz, e.g. PublicTest")
+    parser.add_argument("--count", type=int, default=1000, help="faces used for parity (default 1000)")
+    parser.add_argument("--out", default="fer-artifacts/engines", help="where engines are written")
+    parser.add_argument("--max-batch", type=int, default=32, help="profile max batch (opt is 1)")
+    parser.add_argument("--iterations", type=int, default=1000, help="timed batch-1 queries (default 1000)")
+    parser.add_argument("--warmup-ms", type=float, default=200.0, help="warm-up before timing (trtexec: 200)")
+    parser.add_argument("--timing-cache", help="timing cache file reused across builds")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="plain enqueue instead of a CUDA graph")
+    parser.add_argument("--spin-wait", action="store_true", help="busy-wait on events (lower latency, more CPU)")
+    parser.add_argument("--trt", default="auto", choices=("auto", "tensorrt", "tensorrt_rtx"))
+    parser.add_argument("--report", help="also write the results as JSON here")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        trt, gpu = require_gpu_stack(args.trt)
+    except BackendUnavailableError as exc:
+        print(f"gpu_check: cannot run on this machine: {exc}", file=sys.stderr)
+        return 3
+    from fer_edge.benchmarks.datasets import default_fer2013_publictest
+    try:
+        data = args.data or default_fer2013_publictest()
+        if data is None:
+            raise FerEdgeError("no faces for the parity check: pass --data (npz, fer2013.csv or image folder)")
+        print(f"{trt.describe()} on {gpu['gpu_name']} (CC {gpu['compute_capability']}, driver {gpu['cuda_driver']}), "
+              f"{platform.machine()}; parity faces from {data}")
+        results = [check_one(path, args, str(data)) for path in find_sources(Path(args.artifacts), args.onnx)]
+    except FerEdgeError as exc:
+        print(f"gpu_check: error: {exc}", file=sys.stderr)
+        return 2
+    print_report(results)
+    if args.report:
+        from fer_edge.runtime.artifact_io import atomic_write_json
+        from fer_edge.benchmarks.jetson import jetson_state
+        atomic_write_json(args.report, {"gpu": gpu, "tensorrt": trt.describe(), "results": results,
+                                        "jetson": jetson_state() if Path("/etc/nv_tegra_release").exists() else None,
+                                        "command": ["python", "-m", "fer_edge.benchmarks.gpu_check"] + (argv or sys.argv[1:])})
+        print(f"wrote {args.report}")
+    return 0 if all(r["parity"]["passed"] for r in results) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

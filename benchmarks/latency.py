@@ -1,0 +1,131 @@
+"""Latency statistics shared by every backend, and the interleaved timing loop fer-bench uses.
+
+`summarize(samples_ms, batch)` is backend-agnostic: the ONNX Runtime path, the TensorRT GPU-side
+stages and the pipeline benchmark all turn lists of per-call milliseconds into the same stats block,
+named like trtexec's report (min, max, mean, median = p50, percentile 90/95/99, throughput).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+STAT_KEYS = ("mean_ms", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "throughput_ips", "iterations")
+MIN_ITERATIONS = 10  # trtexec's floor when a duration is given
+DEFAULT_FACE_SIZE = 48  # FER-2013 crops are 48x48
+
+
+def percentile(sorted_ms: Sequence[float], p: float) -> float:
+    """trtexec's nearest-rank-from-top percentile on ascending timings: index max(n-1-floor((1-p/100)n), 0)."""
+    n = len(sorted_ms)
+    # (100 - p) * n / 100 rather than (1 - p/100) * n: 1 - 0.9 is 0.0999..., which would shift the index by one.
+    index = max(n - 1 - int(math.floor((100.0 - p) * n / 100.0 + 1e-9)), 0)
+    return float(sorted_ms[index])
+
+
+def median(sorted_ms: Sequence[float]) -> float:
+    """trtexec's median: the middle value, or the mean of the two middle values for an even count."""
+    n = len(sorted_ms)
+    mid = n // 2
+    return float(sorted_ms[mid]) if n % 2 else float((sorted_ms[mid - 1] + sorted_ms[mid]) / 2.0)
+
+
+def summarize(samples_ms: Sequence[float], batch: int) -> Dict[str, float]:
+    """Per-call milliseconds for calls of `batch` images -> the stats block used in every report.
+
+    throughput_ips = images per second over the summed call times (trtexec's qps x batch, for
+    back-to-back synchronous calls).
+    """
+    if len(samples_ms) == 0:
+        raise ValueError("summarize() needs at least one timing sample")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    ordered = sorted(float(s) for s in samples_ms)
+    total_ms = float(sum(ordered))
+    return {
+        "mean_ms": total_ms / len(ordered),
+        "min_ms": ordered[0],
+        "p50_ms": median(ordered),
+        "p90_ms": percentile(ordered, 90),
+        "p95_ms": percentile(ordered, 95),
+        "p99_ms": percentile(ordered, 99),
+        "max_ms": ordered[-1],
+        "throughput_ips": (batch * len(ordered) * 1000.0 / total_ms) if total_ms > 0 else float("inf"),
+        "iterations": len(ordered),
+    }
+
+
+def run_interleaved(calls: Dict[str, Callable[[], Optional[Dict[str, float]]]], warmup: int,
+                    iterations: Optional[int] = None, duration_s: Optional[float] = None,
+                    progress=None) -> Dict[str, List[float]]:
+    """Call each function in turn, round after round, and collect milliseconds per name.
+
+    Interleaving puts every variant under the same machine noise, so their ratios are fair on a
+    shared, busy host. A call may return a dict of stage -> ms (e.g. GPU-side timings); those stages
+    are collected too, under their own names. Stop after `iterations` rounds, or once `duration_s`
+    seconds of rounds have run (at least MIN_ITERATIONS).
+    """
+    if (iterations is None) == (duration_s is None):
+        raise ValueError("give exactly one of iterations or duration_s")
+    for _ in range(max(0, warmup)):
+        for fn in calls.values():
+            fn()
+    samples: Dict[str, List[float]] = {name: [] for name in calls}
+    started = time.perf_counter()
+    rounds = 0
+    while True:
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            stages = fn()
+            wall_ms = (time.perf_counter() - t0) * 1000.0
+            stages = dict(stages or {})
+            # A backend-reported value under the call's own name replaces the host wall time.
+            samples[name].append(float(stages.pop(name, wall_ms)))
+            for stage, ms in stages.items():
+                samples.setdefault(stage, []).append(float(ms))
+        rounds += 1
+        if progress is not None:
+            progress.update(1)
+        if iterations is not None and rounds >= iterations:
+            break
+        if duration_s is not None and rounds >= MIN_ITERATIONS and time.perf_counter() - started >= duration_s:
+            break
+    return samples
+
+
+def latency_faces(count: int, images=None, size: int = DEFAULT_FACE_SIZE, seed: int = 0) -> List[np.ndarray]:
+    """`count` uint8 crops: the first ones of `images` (cycled when fewer), else random gray size x size."""
+    if images is not None and len(images) > 0:
+        return [np.asarray(images[i % len(images)]) for i in range(count)]
+    rng = np.random.default_rng(seed)
+    return list(rng.integers(0, 256, (count, size, size), dtype=np.uint8))
+
+
+def discard(_result) -> None:
+    return None
+
+
+def measure_model(model, faces: List[np.ndarray], batches: Sequence[int], warmup: int,
+                  iterations: Optional[int] = None, duration_s: Optional[float] = None,
+                  progress=None) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """latency[str(batch)] = {"end_to_end": stats, "inference": stats, <backend stages>: stats}.
+
+    end_to_end: model.predict_proba on uint8 crops (preprocess + infer + softmax).
+    inference: model.infer on an already prepared tensor. When the backend offers `timed_run(tensor)`
+    (TensorRT: dict of stage -> ms for one call, e.g. GPU compute, H2D, D2H), it is called instead of
+    `infer` and each stage gets its own stats block; "inference" is then the stage of that name if the
+    backend reports one, else the host wall time of the timed_run call.
+    """
+    results = {}
+    timed_run = getattr(model.backend, "timed_run", None)
+    for batch in batches:
+        crops = faces[:batch] if len(faces) >= batch else latency_faces(batch, faces)
+        tensor = model.preprocess(crops)
+        use_timed = timed_run is not None and not (model.max_batch and batch > model.max_batch)
+        infer_call = (lambda t=tensor: timed_run(t)) if use_timed else (lambda t=tensor: discard(model.infer(t)))
+        calls = {"end_to_end": lambda c=crops: discard(model.predict_proba(c)), "inference": infer_call}
+        samples = run_interleaved(calls, warmup, iterations, duration_s, progress)
+        results[str(batch)] = {name: summarize(ms, batch) for name, ms in samples.items()}
+    return results

@@ -1,0 +1,133 @@
+"""The benchmark report: environment facts, the Markdown comparison table, report.json and report.csv."""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import importlib.metadata
+import io
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json
+
+STAT_COLUMNS = ("mean_ms", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "throughput_ips", "iterations")
+
+
+def cpu_model() -> str:
+    """CPU model name as lscpu reports it (falls back to /proc/cpuinfo, then platform)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def gpu_description() -> str:
+    """`nvidia-smi` name, driver and memory of each GPU, or 'none'."""
+    if shutil.which("nvidia-smi") is None:
+        return "none"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "none (nvidia-smi failed)"
+    lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+    return "; ".join(lines) if out.returncode == 0 and lines else "none"
+
+
+def package_version(name: str) -> Optional[str]:
+    """Installed version without importing the package (torch takes seconds to import); None if absent."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment(command: str) -> Dict[str, object]:
+    import cv2
+    import numpy
+    import onnxruntime
+    env = {"cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
+           "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__,
+           "torch": package_version("torch"), "tensorrt": package_version("tensorrt"), "gpu": gpu_description(),
+           "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": command}
+    try:
+        env["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return env
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(models: Sequence[Dict], batches: Sequence[int]) -> str:
+    """One row per model: identity, accuracy, then p50/p99 end-to-end and inference ms and throughput per batch."""
+    head = ["Model", "Precision", "Backend", "Size (MB)", "Top-1", "Macro-F1", "Agreement"]
+    for b in batches:
+        head += [f"e2e p50/p99 ms (b{b})", f"infer p50/p99 ms (b{b})", f"e2e img/s (b{b})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for entry in models:
+        acc = entry.get("accuracy") or {}
+        row = [Path(entry["path"]).name, entry["precision"], entry["backend"], _fmt(entry["size_mb"]),
+               _fmt(acc.get("top1"), 4), _fmt(acc.get("macro_f1"), 4), _fmt(entry.get("agreement_with_reference"), 4)]
+        for b in batches:
+            lat = entry["latency"].get(str(b), {})
+            e2e, inf = lat.get("end_to_end"), lat.get("inference")
+            row += [f"{e2e['p50_ms']:.2f} / {e2e['p99_ms']:.2f}" if e2e else "-",
+                    f"{inf['p50_ms']:.2f} / {inf['p99_ms']:.2f}" if inf else "-",
+                    f"{e2e['throughput_ips']:.0f}" if e2e else "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(models: Sequence[Dict]) -> str:
+    """One row per (model, batch, stage) with every statistic, plus the model's accuracy columns."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "precision", "backend", "size_mb", "top1", "macro_f1", "agreement_with_reference",
+                     "batch", "stage", *STAT_COLUMNS])
+    for entry in models:
+        acc = entry.get("accuracy") or {}
+        ident = [entry["path"], entry["precision"], entry["backend"], f"{entry['size_mb']:.3f}",
+                 _fmt(acc.get("top1"), 6), _fmt(acc.get("macro_f1"), 6), _fmt(entry.get("agreement_with_reference"), 6)]
+        for batch, stages in entry["latency"].items():
+            for stage, stats in stages.items():
+                writer.writerow([*ident, batch, stage, *(_fmt(stats[k], 4) for k in STAT_COLUMNS)])
+    return buffer.getvalue()
+
+
+def write_report(folder: os.PathLike, report: Dict) -> List[Path]:
+    """report.json and report.csv in `folder` (atomic writes); returns the paths written."""
+    folder = Path(folder)
+    json_path = atomic_write_json(folder / "report.json", report)
+    csv_path = atomic_write_bytes(folder / "report.csv", csv_text(report["models"]).encode())
+    return [json_path, csv_path]
+
+
+def environment_markdown(env: Dict[str, object]) -> str:
+    """The header every committed result carries: command, machine, date and library versions."""
+    versions = ", ".join(f"{k} {env[k]}" for k in ("python", "numpy", "onnxruntime", "opencv", "torch") if env.get(k))
+    lines = [f"- Command: `{env['command']}`", f"- Machine: {env['cpu']}, {env['cores']} cores, {env['os']}; GPU: {env['gpu']}",
+             f"- Date (UTC): {env['date']}", f"- Versions: {versions}"]
+    if env.get("load_average"):
+        lines.append(f"- Load average at the end (1/5/15 min): {env['load_average']}")
+    return "\n".join(lines)

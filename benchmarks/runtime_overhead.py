@@ -1,0 +1,126 @@
+"""Overhead of `model.predict()` (uint8 crop in, FacePrediction out) over a bare InferenceSession.run.
+
+    python -m fer_edge.benchmarks.runtime_overhead                       # random-weight 48 px model
+    python -m fer_edge.benchmarks.runtime_overhead --model fer-artifacts/x.onnx --iterations 500
+
+Both use the same InferenceSession (same threads and options): `predict` does the contract's
+preprocessing, inference, softmax and FacePrediction objects; the bare call runs the session on a
+tensor prepared once. Rounds are interleaved (bare, predict, preprocess-only) so all three see the
+same machine noise. Without --model it exports a random-weight tf_efficientnetv2_b0 (needs [export]).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+from tqdm import tqdm
+
+TARGET_OVERHEAD_B1 = 0.10
+
+
+def measure(model, batches: List[int], warmup: int, iterations: int, progress: bool) -> List[Dict]:
+    from fer_edge.benchmarks.latency import discard, latency_faces, run_interleaved, summarize
+    session, input_name, output_name = model.backend.session, model.backend.input_name, model.backend.output_name
+    rows = []
+    for batch in batches:
+        faces = np.stack(latency_faces(batch))  # uint8 48x48 gray crops, as FER-2013 gives them
+        crop = faces[0] if batch == 1 else faces
+        tensor = model.preprocess(crop)
+        calls = {"bare_session_run": lambda t=tensor: discard(session.run([output_name], {input_name: t})),
+                 "predict": lambda c=crop: discard(model.predict(c)),
+                 "preprocess_only": lambda c=crop: discard(model.preprocess(c))}
+        with tqdm(total=iterations, desc=f"batch {batch}", disable=not progress, leave=False) as bar:
+            samples = run_interleaved(calls, warmup, iterations, progress=bar)
+        stats = {name: summarize(ms, batch) for name, ms in samples.items()}
+        bare, full = stats["bare_session_run"], stats["predict"]
+        # Paired per-round difference: both calls of a round share the machine's state, so its median
+        # is steadier than a difference of two medians on a busy host.
+        paired = float(np.median(np.asarray(samples["predict"]) - np.asarray(samples["bare_session_run"])))
+        rows.append({"batch": batch, **stats, "paired_median_diff_ms": paired,
+                     "overhead_p50": full["p50_ms"] / bare["p50_ms"] - 1.0,
+                     "overhead_mean": full["mean_ms"] / bare["mean_ms"] - 1.0,
+                     "overhead_min": full["min_ms"] / bare["min_ms"] - 1.0})
+    return rows
+
+
+def markdown(rows: List[Dict]) -> str:
+    lines = ["| batch | bare run p50 ms | predict p50 ms | preprocess p50 ms | bare run min ms | predict min ms | "
+             "overhead p50 | overhead mean | overhead min | paired median diff |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b, p, pre = r["bare_session_run"], r["predict"], r["preprocess_only"]
+        lines.append(f"| {r['batch']} | {b['p50_ms']:.3f} | {p['p50_ms']:.3f} | {pre['p50_ms']:.3f} | {b['min_ms']:.3f} | "
+                     f"{p['min_ms']:.3f} | {100 * r['overhead_p50']:+.1f}% | {100 * r['overhead_mean']:+.1f}% | "
+                     f"{100 * r['overhead_min']:+.1f}% | {r['paired_median_diff_ms'] * 1000:+.0f} us |")
+    return "\n".join(lines)
+
+
+def verdict(rows: List[Dict]) -> str:
+    b1 = [r for r in rows if r["batch"] == 1]
+    if not b1:
+        return "No batch-1 row: the target (<= 10% overhead at batch 1) was not measured."
+    r = b1[0]
+    met = r["overhead_p50"] <= TARGET_OVERHEAD_B1
+    return (f"Target predict() overhead <= {100 * TARGET_OVERHEAD_B1:.0f}% at batch 1 (p50): "
+            f"{'MET' if met else 'NOT MET'} ({100 * r['overhead_p50']:+.1f}%; preprocessing alone "
+            f"{r['preprocess_only']['p50_ms'] * 1000:.0f} us p50).")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.runtime_overhead", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", metavar="PATH", help="an .onnx artifact (default: export a random-weight 48 px model)")
+    parser.add_argument("--batch", default="1,32", help="batch sizes (default 1,32)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed rounds first (default 20)")
+    parser.add_argument("--iterations", type=int, default=300, help="timed rounds per batch size (default 300)")
+    parser.add_argument("--out", metavar="STEM", help="also write STEM.md and STEM.json")
+    parser.add_argument("--no-progress", action="store_true")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    from fer_edge.benchmarks.compare_torch_ort import parse_ints
+    from fer_edge.benchmarks.report import environment, environment_markdown
+    from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json
+    from fer_edge.runtime.errors import FerEdgeError
+    from fer_edge.runtime.model import load
+
+    batches = parse_ints(args.batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if args.model:
+                path, weights = Path(args.model), f"`{Path(args.model).name}`"
+            else:
+                from fer_edge.benchmarks.untrained_model import build_untrained, export_untrained
+                path = export_untrained(*build_untrained(48), Path(tmp) / "untrained_48.onnx")
+                weights = "tf_efficientnetv2_b0, 1 channel, 7 classes, 48 px, **random weights**"
+            model = load(path, threads=args.threads)
+        except FerEdgeError as exc:
+            print(f"runtime_overhead: error: {exc}", file=sys.stderr)
+            return 2
+        rows = measure(model, batches, args.warmup, args.iterations, not args.no_progress)
+    env = environment("python -m fer_edge.benchmarks.runtime_overhead " + shlex.join(argv))
+    text = "\n\n".join([
+        "# Runtime overhead: model.predict() vs a bare InferenceSession.run",
+        environment_markdown(env),
+        f"Model: {weights}; ONNX Runtime CPU, {args.threads} intra-op threads, one session shared by both paths. "
+        "`predict` takes uint8 48x48 gray crops (one 2-D crop at batch 1, an (N, 48, 48) array at batch N) and "
+        "returns FacePrediction objects; the bare call runs the same session on a tensor prepared once. "
+        f"{args.iterations} interleaved rounds after {args.warmup} warm-up rounds; trtexec-style percentiles. "
+        "Overhead = predict / bare - 1; paired median diff = median over rounds of (predict - bare) in the same round. "
+        "On a shared host (see the load average) p50 includes time spent waiting for a CPU; min approximates "
+        "the uncontended time.",
+        markdown(rows), "**Verdict:** " + verdict(rows)])
+    print(text)
+    if args.out:
+        atomic_write_bytes(Path(args.out + ".md"), (text + "\n").encode())
+        atomic_write_json(Path(args.out + ".json"), {"env": env, "rows": rows, "verdict": verdict(rows)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

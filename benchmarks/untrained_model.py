@@ -1,0 +1,37 @@
+"""A random-weight tf_efficientnetv2_b0 and its ONNX artifact, for latency-only measurements.
+
+Latency does not depend on the weights, and export_model's parity check refuses untrained models
+(their logits are near-ties), so the latency scripts export directly. Needs the [export] extra.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Tuple
+
+from fer_edge.runtime.artifact_io import atomic_write_bytes
+from fer_edge.runtime.contract import ModelContract
+from fer_edge.runtime.labels import FER2013_LABELS
+
+REFERENCE_ARCH = "tf_efficientnetv2_b0"  # the bundled reference model: 1 channel, 7 classes, 48 px
+
+
+def build_untrained(size: int = 48, arch: str = REFERENCE_ARCH, seed: int = 0) -> Tuple[object, ModelContract]:
+    """(torch model in eval mode with random weights, its contract): 1-channel gray, FER-2013 labels."""
+    import torch
+    from fer_edge.export.timm_compat import import_timm
+    timm = import_timm()
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, num_classes=len(FER2013_LABELS), in_chans=1).eval()
+    contract = ModelContract(arch=arch, labels=list(FER2013_LABELS), input_size=size, channels=1, color_order="GRAY",
+                             mean=[0.5], std=[0.5], source_weights_sha256="random-weights",
+                             created_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return model, contract.validate()
+
+
+def export_untrained(model, contract: ModelContract, path: Path) -> Path:
+    """FP32 ONNX through the project's exporter (legacy exporter + onnxslim) with the contract embedded."""
+    from fer_edge.export import onnx_export
+    proto = onnx_export.export_fp32(model, contract)
+    onnx_export.embed_contract(proto, contract)
+    return atomic_write_bytes(path, proto.SerializeToString())

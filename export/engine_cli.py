@@ -1,0 +1,82 @@
+"""The `--engine` argument group of fer-export and its dispatch (kept here so export/cli.py stays small)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from fer_edge.runtime.engine_compat import HARDWARE_COMPAT_LEVELS
+
+ENGINE_EXAMPLES = """engine examples (TensorRT >= 10 or tensorrt-rtx; run on the target GPU/Jetson):
+  fer-export --engine --fp16                                # export + FP16 engine, dynamic batch 1:8:32
+  fer-export --engine --onnx fer-artifacts/m_fp16.onnx --preset latency --timing-cache trt.cache
+  fer-export --engine --onnx m_int8.onnx --preset jetson-lowmem --dla 0   # Jetson Orin NX/AGX DLA
+"""
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    from fer_edge.export.engine_build import PRESETS
+    group = parser.add_argument_group(
+        "TensorRT engine", "build a serialized engine (strongly typed: the ONNX's own FP32/FP16/INT8 Q/DQ precision)")
+    group.add_argument("--engine", action="store_true",
+                       help="build a TensorRT engine (+ <engine>.json sidecar) from the exported ONNX, or from --onnx")
+    group.add_argument("--onnx", metavar="PATH", help="build from this existing fer-edge ONNX instead of exporting")
+    group.add_argument("--batch", metavar="MIN:OPT:MAX",
+                       help="optimisation profile for the batch dim (default 1:8:32; N = static batch N)")
+    group.add_argument("--preset", choices=sorted(PRESETS),
+                       help="latency: static batch 1; jetson-lowmem: batch 1, 512 MB workspace, opt-level 2")
+    group.add_argument("--timing-cache", metavar="FILE", help="timing cache read before and written after the build")
+    group.add_argument("--workspace", type=int, metavar="MB", help="builder workspace limit in MB (Jetson: 256-1024)")
+    group.add_argument("--hardware-compat", choices=HARDWARE_COMPAT_LEVELS,
+                       help="none (default), ampere+ (any Ampere-or-newer dGPU), same-cc")
+    group.add_argument("--dla", type=int, metavar="CORE", help="run on DLA core N with GPU fallback (needs a static batch)")
+    group.add_argument("--opt-level", type=int, choices=range(6), metavar="0..5",
+                       help="builder optimisation level (lower builds faster with less memory; default 3)")
+    group.add_argument("--version-compatible", action="store_true",
+                       help="plan loadable by newer TensorRT of the same major and by tensorrt_lean")
+    group.add_argument("--trt", default="auto", choices=("auto", "tensorrt", "tensorrt_rtx"),
+                       help="TensorRT module to build with (auto: tensorrt, else tensorrt_rtx)")
+
+
+def engine_options(args: argparse.Namespace):
+    from fer_edge.export.engine_build import options_with_preset, parse_batch
+    return options_with_preset(
+        args.preset, batch=parse_batch(args.batch) if args.batch else None, workspace_mb=args.workspace,
+        opt_level=args.opt_level, hardware_compat=args.hardware_compat, dla_core=args.dla,
+        timing_cache=args.timing_cache, version_compatible=args.version_compatible or None)
+
+
+def engine_sources(args: argparse.Namespace, written: Optional[Dict[str, object]]) -> List[Path]:
+    """ONNX files to build from: --onnx, else the lowest precision just exported (int8 > fp16 > fp32)."""
+    if args.onnx:
+        return [Path(args.onnx)]
+    paths = {p: a.path for p, a in (written or {}).items()}
+    for precision in ("int8", "fp16", "fp32"):
+        if precision in paths:
+            return [Path(paths[precision])]
+    return []
+
+
+def build_engines(args: argparse.Namespace, written: Optional[Dict[str, object]],
+                  log: Callable[[str], None] = print) -> List[Path]:
+    from fer_edge.export.engine_build import build_engine
+    options = engine_options(args)
+    built = []
+    for onnx_path in engine_sources(args, written):
+        result = build_engine(onnx_path, out_dir=args.out, options=options, flavour=args.trt, log=log)
+        built += [result.path, result.sidecar]
+    return built
+
+
+def run_engine_step(args: argparse.Namespace, written: Optional[Dict[str, object]]) -> int:
+    """Build the requested engine(s), print what was written; exit code like fer-export's (2 on a clear error)."""
+    import sys
+    from fer_edge.runtime.errors import FerEdgeError
+    written = {p: getattr(a, "path", a) for p, a in (written or {}).items()}
+    try:
+        for path in build_engines(args, {p: argparse.Namespace(path=v) for p, v in written.items()}):
+            print(f"wrote {path}")
+    except FerEdgeError as exc:
+        print(f"fer-export: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,271 @@
+"""fer-demo: run the detect -> classify -> smooth pipeline on an image, folder, video, webcam or stream."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import cv2
+
+from .artifact_io import atomic_write_bytes
+from .errors import FerEdgeError
+
+VIDEO_SUFFIXES = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+EPILOG = """examples:
+  fer-demo clip.mp4 --detector face_detection_yunet_2023mar.onnx --out annotated.mp4 --jsonl faces.jsonl
+  fer-demo photos/ --out annotated_photos/            # image folder in, image folder out
+  fer-demo group.jpg --detector yunet_s_320_320.onnx --out group_annotated.jpg
+  fer-demo 0 --detector yunet_s_320_320.onnx --show   # webcam 0 with a window (needs a display)
+  fer-demo rtsp://camera.local/stream --model fer-artifacts/model.onnx --jsonl live.jsonl
+
+Without --model the bundled reference model is exported once to ~/.cache/fer-edge (needs the
+[export] extra: pip install 'fer-edge[export]'). Without --detector OpenCV's Haar cascade is used.
+Ctrl-C stops cleanly: the output video and JSON Lines file are finalised.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fer-demo", description="Facial-expression recognition on images, videos and "
+                                "cameras: detect faces, classify them in one batch, track and smooth per person.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="SOURCE", help="image, image folder, video file, webcam index (0) or rtsp/http URL")
+    p.add_argument("--model", help="FER artifact (.onnx, or .engine for TensorRT); default: the bundled reference model")
+    p.add_argument("--detector", help="YuNet face detector .onnx; default: OpenCV's Haar cascade")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="annotated output: a video file (.mp4/.avi/.mkv/.mov), a folder for images, or an "
+                   "image file when SOURCE is one image")
+    g.add_argument("--jsonl", help="write one JSON line per frame with every face's results")
+    g.add_argument("--show", action="store_true", help="show a window (press q or Esc to quit); needs a display")
+    g.add_argument("--max-frames", type=int, help="stop after this many frames")
+    g = p.add_argument_group("tuning")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: its own choice)")
+    g.add_argument("--score-threshold", type=float, default=0.6, help="YuNet face score threshold (default 0.6)")
+    g.add_argument("--detector-size", type=int, default=None, help="input size for the dynamic YuNet model (default 320)")
+    g.add_argument("--smoothing", choices=("ema", "window", "none"), default="ema", help="per-track smoothing (default ema)")
+    g.add_argument("--alpha", type=float, default=0.3, help="EMA weight of the newest frame (default 0.3)")
+    g.add_argument("--window", type=int, default=8, help="frames in the vote window (default 8)")
+    g.add_argument("--margin", type=float, default=0.1, help="hysteresis: lead a new label needs (default 0.1)")
+    g.add_argument("--hold", type=int, default=2, help="hysteresis: frames the lead must last (default 2)")
+    g.add_argument("--live", action="store_true", help="treat a video file as a live stream (drop to the newest frame)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("FER_EDGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fer-edge")
+    return Path(base)
+
+
+def reference_model_path(log=print) -> Path:
+    """The bundled reference model as FP32 ONNX in the user cache, exported on first use."""
+    if not all(importlib.util.find_spec(m) for m in ("torch", "timm", "onnx")):
+        raise FerEdgeError("no --model given, and exporting the bundled reference model needs the [export] extra "
+                           "(torch, timm, onnx), which is not installed. Either pip install 'fer-edge[export]', or "
+                           "export once on another machine with `fer-export` and pass --model model.onnx.")
+    from fer_edge.export.checkpoint import REFERENCE_MODEL
+    from fer_edge.runtime.artifact_io import sha256_file
+    if not REFERENCE_MODEL.exists():
+        raise FerEdgeError(f"the bundled reference model {REFERENCE_MODEL} is missing; reinstall fer-edge or pass --model")
+    folder = cache_dir() / f"reference-{sha256_file(REFERENCE_MODEL)[:12]}"
+    found = sorted(folder.glob("*_fp32.onnx"))
+    if found:
+        return found[0]
+    from fer_edge.export.exporter import export_model
+    log(f"exporting the reference model to {folder} (first use only) ...")
+    return Path(export_model(checkpoint=None, out_dir=str(folder), log=log)["fp32"].path)
+
+
+def check_display() -> None:
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise FerEdgeError("--show needs a display, and none is set (no DISPLAY/WAYLAND_DISPLAY). Use --out to save "
+                           "annotated frames instead.")
+    try:
+        cv2.namedWindow("fer-demo", cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise FerEdgeError("--show needs OpenCV with GUI support, but opencv-python-headless has none. "
+                           "pip install opencv-python (instead of -headless) or use --out.") from None
+
+
+class AnnotatedOutput:
+    """Annotated frames to a video file (finalised on close) or to numbered images in a folder."""
+
+    def __init__(self, path: str, fps: Optional[float], single_image: bool = False):
+        from .video_io import IMAGE_SUFFIXES
+        self.path = Path(path)
+        self.fourcc = VIDEO_SUFFIXES.get(self.path.suffix.lower())
+        self.fps = fps or 10.0
+        self.writer = None
+        self.image_file = self.path.suffix.lower() in IMAGE_SUFFIXES
+        if self.image_file:
+            if not single_image:
+                raise FerEdgeError(f"--out {path} is an image file, but SOURCE is not a single image; give a video "
+                                   f"file ({'/'.join(VIDEO_SUFFIXES)}) or a folder name")
+            if not self.path.parent.exists():
+                raise FerEdgeError(f"--out {path}: folder {self.path.parent} does not exist")
+        elif self.fourcc is None:
+            if self.path.suffix and not self.path.is_dir():
+                raise FerEdgeError(f"--out {path}: unknown video type {self.path.suffix!r}; use "
+                                   f"{'/'.join(VIDEO_SUFFIXES)} for a video, or a folder name for images")
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif not self.path.parent.exists():
+            raise FerEdgeError(f"--out {path}: folder {self.path.parent} does not exist")
+
+    def write(self, image, name: str) -> None:
+        if self.image_file:
+            ok, data = cv2.imencode(self.path.suffix, image)
+            if not ok:
+                raise FerEdgeError(f"OpenCV cannot encode {self.path.suffix} images")
+            atomic_write_bytes(self.path, data.tobytes())
+            return
+        if self.fourcc is None:
+            stem = Path(name).stem
+            if not cv2.imwrite(str(self.path / f"{stem}.jpg"), image):
+                raise FerEdgeError(f"cannot write {self.path / (stem + '.jpg')}")
+            return
+        if self.writer is None:
+            h, w = image.shape[:2]
+            self.size = (w, h)
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
+            if not self.writer.isOpened():
+                raise FerEdgeError(f"OpenCV cannot write {self.path} with codec {self.fourcc}; try an .avi file")
+        if (image.shape[1], image.shape[0]) != self.size:  # folders of mixed-size images into one video
+            image = cv2.resize(image, self.size)
+        self.writer.write(image)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+
+
+class StopOnCtrlC:
+    """The first Ctrl-C asks the loop to stop after the current frame, so the video and the JSON Lines
+    file hold the same frames; a second Ctrl-C interrupts at once (outputs are still finalised)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+    from .annotate import annotate
+    from .pipeline import FerPipeline
+    from .video_io import open_source
+
+    if args.show:
+        check_display()
+    model = args.model or reference_model_path(log=lambda m: print(m, file=sys.stderr))
+    detector = None  # None: the pipeline falls back to Haar and says so once
+    if args.detector:
+        from .detection import create_detector
+        kwargs = {"input_size": args.detector_size} if args.detector_size else {}
+        detector = create_detector(args.detector, score_threshold=args.score_threshold, threads=args.threads, **kwargs)
+    pipeline = FerPipeline(model, detector=detector, threads=args.threads,
+                           smoothing={"method": args.smoothing, "alpha": args.alpha, "window": args.window,
+                                      "margin": args.margin, "hold": args.hold})
+    source = open_source(args.source, live=True if args.live else None)
+    try:
+        output = AnnotatedOutput(args.out, source.fps, single_image=source.kind == "image") if args.out else None
+        jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
+    except (OSError, FerEdgeError) as exc:
+        source.close()
+        raise FerEdgeError(str(exc)) from None
+    total = source.frame_count
+    if args.max_frames:
+        total = min(total, args.max_frames) if total else args.max_frames
+    bar = tqdm(total=total, unit="frame", disable=args.quiet or None, file=sys.stderr)
+    frames = faces = 0
+    stop = StopOnCtrlC()
+    started = time.perf_counter()
+    try:
+        with stop:
+            for frame in source:
+                t0 = time.perf_counter()
+                results = pipeline(frame.image)
+                elapsed = (time.perf_counter() - t0) * 1e3
+                frames += 1
+                faces += len(results)
+                if jsonl:
+                    record = {"frame": frame.index, "name": frame.name, "latency_ms": round(elapsed, 2),
+                              "stages_ms": {k: round(v, 2) for k, v in pipeline.last_timings.items()},
+                              "faces": [r.to_dict() for r in results]}
+                    jsonl.write(json.dumps(record) + "\n")
+                if output or args.show:
+                    image = annotate(frame.image, results)
+                    if output:
+                        output.write(image, frame.name)
+                    if args.show:
+                        cv2.imshow("fer-demo", image)
+                        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                            break
+                bar.update(1)
+                if stop.requested or (args.max_frames and frames >= args.max_frames):
+                    break
+    except KeyboardInterrupt:  # a second Ctrl-C: stop mid-frame, still finalise the outputs
+        stop.requested = True
+    finally:
+        bar.close()
+        source.close()
+        if output:
+            output.close()
+        if jsonl:
+            jsonl.close()
+        if args.show:
+            cv2.destroyAllWindows()
+    interrupted = stop.requested
+    seconds = time.perf_counter() - started
+    note = " (stopped by Ctrl-C; outputs finalised)" if interrupted else ""
+    dropped = f", {source.dropped} stale frames skipped" if source.is_live else ""
+    print(f"fer-demo: {frames} frames, {faces} faces, {frames / max(seconds, 1e-9):.1f} frames/s{dropped}{note}",
+          file=sys.stderr)
+    if args.out:
+        print(f"annotated output: {args.out}", file=sys.stderr)
+    if args.jsonl:
+        print(f"per-frame results: {args.jsonl}", file=sys.stderr)
+    return 130 if interrupted else 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="fer-demo: %(message)s")
+    if args.max_frames is not None and args.max_frames < 1:
+        print("fer-demo: error: --max-frames must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except (FerEdgeError, ValueError) as exc:
+        print(f"fer-demo: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # during model loading or export, before any output was opened
+        print("fer-demo: interrupted before processing started; nothing written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

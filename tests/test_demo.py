@@ -1,0 +1,156 @@
+"""fer-demo end to end: video in -> annotated video + JSON Lines out, image folders, Ctrl-C, clear errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO, needs_export_stack
+from test_pipeline import YUNET_320, scene, tiny_model  # noqa: F401  (tiny_model is a fixture)
+
+pytestmark = [needs_export_stack,
+              pytest.mark.skipif(not YUNET_320.exists(), reason=f"needs {YUNET_320}")]
+
+
+def write_video(path: Path, frames: int, size=(320, 240)) -> Path:
+    """An MJPG .avi of the astronaut's face drifting to the right."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size)
+    assert writer.isOpened()
+    base = scene(1, size)
+    for i in range(frames):
+        writer.write(np.roll(base, i % 20, axis=1))
+    writer.release()
+    return path
+
+
+def count_frames(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    n = 0
+    while capture.read()[0]:
+        n += 1
+    capture.release()
+    return n
+
+
+def read_jsonl(path: Path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_video_to_annotated_video_and_jsonl(tmp_path, tiny_model):
+    from fer_edge.runtime.demo_cli import main
+    video = write_video(tmp_path / "in.avi", 12)
+    out, jsonl = tmp_path / "out.mp4", tmp_path / "faces.jsonl"
+    rc = main([str(video), "--model", str(tiny_model), "--detector", str(YUNET_320), "--out", str(out),
+               "--jsonl", str(jsonl), "--quiet", "--threads", "1"])
+    assert rc == 0
+    assert count_frames(out) == 12
+    records = read_jsonl(jsonl)
+    assert [r["frame"] for r in records] == list(range(12))
+    assert all(len(r["faces"]) == 1 for r in records)
+    assert {r["faces"][0]["track_id"] for r in records} == {1}        # one person, one id
+    face = records[-1]["faces"][0]
+    assert face["smoothed_label"] in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    assert len(face["smoothed_probabilities"]) == 7
+    first = cv2.VideoCapture(str(out)).read()[1]
+    assert first.shape == (240, 320, 3)
+    assert not np.array_equal(first, scene(1, (320, 240)))             # something was drawn
+
+
+def test_image_folder_in_image_folder_out(tmp_path, tiny_model):
+    from fer_edge.runtime.demo_cli import main
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), scene(1))
+    cv2.imwrite(str(photos / "b.jpg"), scene(4))
+    cv2.imwrite(str(photos / "c.png"), np.zeros((50, 60), np.uint8))  # gray, no face
+    out, jsonl = tmp_path / "annotated", tmp_path / "faces.jsonl"
+    rc = main([str(photos), "--model", str(tiny_model), "--detector", str(YUNET_320), "--out", str(out),
+               "--jsonl", str(jsonl), "--quiet"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [len(r["faces"]) for r in read_jsonl(jsonl)] == [1, 4, 0]
+
+
+def test_clear_errors(tmp_path, tiny_model, capsys, monkeypatch):
+    from fer_edge.runtime.demo_cli import main
+    assert main([str(tmp_path / "nope.mp4"), "--model", str(tiny_model), "--detector", str(YUNET_320)]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main([str(tmp_path), "--model", str(tiny_model), "--show"]) == 1
+    assert "needs a display" in capsys.readouterr().err
+    cv2.imwrite(str(tmp_path / "a.png"), scene(1))
+    assert main([str(tmp_path / "a.png"), "--model", str(tiny_model), "--detector", str(YUNET_320),
+                 "--out", str(tmp_path / "x.gif")]) == 1
+    assert "unknown video type" in capsys.readouterr().err
+    assert main([str(tmp_path), "--model", str(tiny_model), "--detector", str(YUNET_320),
+                 "--out", str(tmp_path / "x.jpg")]) == 1
+    assert "not a single image" in capsys.readouterr().err
+
+
+def test_one_image_to_one_annotated_image(tmp_path, tiny_model):
+    from fer_edge.runtime.demo_cli import main
+    cv2.imwrite(str(tmp_path / "group.png"), scene(4))
+    assert main([str(tmp_path / "group.png"), "--model", str(tiny_model), "--detector", str(YUNET_320),
+                 "--out", str(tmp_path / "annotated.jpg"), "--quiet"]) == 0
+    assert cv2.imread(str(tmp_path / "annotated.jpg")).shape == (480, 640, 3)
+
+
+@pytest.mark.slow
+def test_ctrl_c_finalises_the_video(tmp_path, tiny_model):
+    video = write_video(tmp_path / "long.avi", 1500, size=(160, 120))
+    out, jsonl = tmp_path / "out.avi", tmp_path / "faces.jsonl"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fer_edge.runtime.demo_cli", str(video), "--model", str(tiny_model),
+                             "--detector", str(YUNET_320), "--out", str(out), "--jsonl", str(jsonl), "--quiet",
+                             "--threads", "1"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 5):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "stopped by Ctrl-C" in err
+    written = len(read_jsonl(jsonl))
+    assert 5 <= written < 1500
+    assert count_frames(out) == written                               # the video was finalised, every frame in it
+
+
+def test_sources_and_latest_frame_dropping(tmp_path):
+    from fer_edge.runtime.errors import DataError
+    from fer_edge.runtime.video_io import open_source
+    video = write_video(tmp_path / "clip.avi", 60, size=(160, 120))
+    with open_source(video) as source:                                # files: every frame, in order
+        assert source.kind == "video" and not source.is_live and source.frame_count == 60
+        assert [f.index for f in source] == list(range(60))
+    with open_source(video, live=True) as source:                     # live: a slow consumer skips stale frames
+        seen = []
+        for frame in source:
+            seen.append(frame.index)
+            time.sleep(0.05)
+        assert source.is_live and source.dropped > 0 and len(seen) + source.dropped == 60
+    cv2.imwrite(str(tmp_path / "one.png"), scene(1, (160, 120)))
+    with open_source(tmp_path / "one.png") as source:
+        assert [f.name for f in source] == ["one.png"]
+    with pytest.raises(DataError, match="no images"):
+        open_source(tmp_path / "clip.avi.d" if (tmp_path / "clip.avi.d").mkdir() is None else None)
+    with pytest.raises(DataError, match="webcam"):
+        open_source("97")
+
+
+def test_robot_loop_example_prints_the_smoothed_emotion(tmp_path, tiny_model):
+    video = write_video(tmp_path / "clip.avi", 8)
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "robot_loop.py"), "--source", str(video),
+                           "--model", str(tiny_model), "--detector", str(YUNET_320), "--budget-ms", "100",
+                           "--frames", "8", "--threads", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("person 1: ")
+    assert "8 frames" in proc.stderr

@@ -1,0 +1,633 @@
+"""TensorRT engines without a GPU: real builds with tensorrt-rtx on the CPU, the pre-deserialisation checks,
+the trtexec statistics and the buffer/graph layer (driven by a fake engine + fake CUDA layer)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import needs_export_stack, synthetic_faces
+from fer_edge.benchmarks import trtexec_stats
+from fer_edge.runtime import cuda_buffers, engine_compat, tensorrt_backend
+from fer_edge.runtime.artifact_io import atomic_write_json, sha256_file, sidecar_path
+from fer_edge.runtime.errors import BackendUnavailableError, ContractError, ModelLoadError
+from fer_edge.runtime.trt_import import import_builder, parse_version
+
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
+needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="needs tensorrt-rtx (pip install tensorrt-rtx-cu12) to build engines on CPU")
+
+
+def _gpu_present() -> bool:
+    try:
+        cuda_buffers.load_cuda_api("cuda-python")
+        return True
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------- real builds (tensorrt-rtx on CPU)
+@pytest.fixture(scope="module")
+def engines(exported, tmp_path_factory):
+    """FP32 + FP16 engines (dynamic batch 1:4:8) from the exported fixture, sharing one timing cache file."""
+    from fer_edge.export.engine_build import BuildOptions, build_engine
+    out = tmp_path_factory.mktemp("engines")
+    cache = out / "rtx.timing-cache"
+    logs = []
+    built = {p: build_engine(exported[p].path, out_dir=out, log=logs.append, flavour="tensorrt_rtx",
+                             options=BuildOptions(batch=(1, 4, 8), timing_cache=str(cache)))
+             for p in ("fp32", "fp16")}
+    return built, cache, logs
+
+
+@needs_rtx
+@needs_export_stack
+def test_build_writes_strongly_typed_engine_and_sidecar(engines, exported):
+    built, _, logs = engines
+    for precision, engine in built.items():
+        side = json.loads(engine.sidecar.read_text())
+        meta = side["engine"]
+        assert engine.path.stat().st_size > 100_000
+        assert side["artifact"] == {"kind": "engine", "file": engine.path.name, "sha256": sha256_file(engine.path),
+                                    "bytes": engine.path.stat().st_size}
+        # The contract is the source ONNX's, precision included.
+        assert side["contract"] == exported[precision].contract.to_dict()
+        assert side["contract"]["precision"] == precision
+        assert meta["flavour"] == "tensorrt_rtx" and parse_version(meta["version"]) >= (1,)
+        assert meta["strongly_typed"] is True            # read back from the parsed network
+        assert meta["profile"]["input"] == {"min": [1, 1, 32, 32], "opt": [4, 1, 32, 32], "max": [8, 1, 32, 32]}
+        assert meta["io"] == [{"name": "input", "mode": "input", "dtype": "FLOAT", "shape": [-1, 1, 32, 32]},
+                              {"name": "logits", "mode": "output", "dtype": "FLOAT", "shape": [-1, 7]}]
+        assert meta["source_onnx"]["sha256"] == sha256_file(exported[precision].path)
+        assert meta["target"]["compute_capabilities"]      # RTX targets, no GPU needed
+        assert meta["rebuild_args"][:3] == ["--engine", "--onnx", str(exported[precision].path)]
+        assert "--batch" in meta["rebuild_args"] and "1:4:8" in meta["rebuild_args"]
+    assert any("Building engine" in line for line in logs)  # the progress monitor reported phases
+
+
+@needs_rtx
+@needs_export_stack
+def test_timing_cache_is_written_then_loaded_by_the_next_build(engines):
+    built, cache, _ = engines
+    first, second = built["fp32"].engine_meta["timing_cache"], built["fp16"].engine_meta["timing_cache"]
+    assert first["loaded_bytes"] == 0 and first["saved_bytes"] > 0
+    assert second["loaded_bytes"] == first["saved_bytes"]  # the second build read the first one's file
+    key = json.loads(sidecar_path(cache).read_text())["key"]
+    assert key["flavour"] == "tensorrt_rtx" and key["version"] == built["fp32"].engine_meta["version"]
+    # TensorRT-RTX documents timing caches as no-ops: the sidecar must say so rather than pretend.
+    assert first["applied_by_tensorrt"] is False
+
+
+@needs_rtx
+@needs_export_stack
+def test_timing_cache_from_another_tensorrt_is_refused(exported, tmp_path):
+    from fer_edge.export.engine_build import BuildOptions, EngineBuildError, build_engine
+    cache = tmp_path / "old.cache"
+    cache.write_bytes(b"x" * 64)
+    atomic_write_json(sidecar_path(cache), {"key": {"flavour": "tensorrt", "version": "10.3.0.30"}})
+    with pytest.raises(EngineBuildError, match="per TensorRT version and GPU"):
+        build_engine(exported["fp32"].path, out_dir=tmp_path, log=lambda m: None, flavour="tensorrt_rtx",
+                     options=BuildOptions(batch=(1, 1, 1), timing_cache=str(cache)))
+    assert not list(tmp_path.glob("*.engine"))
+
+
+def _qdq_onnx(exported, out: Path) -> Path:
+    """INT8 Q/DQ ONNX (symmetric, per-channel weights) from the exported FP32 model, with an int8 sidecar."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from fer_edge.runtime.preprocess import prepare_batch
+    contract = exported["fp32"].contract
+    faces, _ = synthetic_faces(16, seed=3)
+    batch = prepare_batch(list(faces), contract)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"input": batch[i:i + 1]} for i in range(len(batch))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    path = out / "model_int8.onnx"
+    quantize_static(str(exported["fp32"].path), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    op_types_to_quantize=["Conv", "Gemm"],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    atomic_write_json(sidecar_path(path), {"contract": contract.with_precision("int8").to_dict()})
+    return path
+
+
+@needs_rtx
+@needs_export_stack
+@pytest.mark.slow
+def test_int8_qdq_onnx_parses_and_builds_strongly_typed(exported, tmp_path):
+    import onnx
+    from fer_edge.export.engine_build import BuildOptions, build_engine
+    path = _qdq_onnx(exported, tmp_path)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    built = build_engine(path, out_dir=tmp_path, log=lambda m: None, flavour="tensorrt_rtx",
+                         options=BuildOptions(batch=(1, 1, 4)))
+    assert built.engine_meta["strongly_typed"] is True and built.engine_meta["precision"] == "int8"
+    assert json.loads(built.sidecar.read_text())["contract"]["precision"] == "int8"
+
+
+@needs_rtx
+@needs_export_stack
+def test_cli_builds_from_existing_onnx(exported, tmp_path, capsys):
+    from fer_edge.export.cli import main
+    rc = main(["--engine", "--onnx", str(exported["fp16"].path), "--out", str(tmp_path), "--preset", "latency",
+               "--trt", "tensorrt_rtx"])
+    assert rc == 0
+    engine = next(tmp_path.glob("*_rtx_b1-1-1.engine"))
+    meta = json.loads(sidecar_path(engine).read_text())["engine"]
+    assert meta["build_options"]["preset"] == "latency" and meta["precision"] == "fp16"
+    assert f"wrote {engine}" in capsys.readouterr().out
+
+
+@needs_rtx
+@needs_export_stack
+@pytest.mark.slow
+def test_cli_exports_then_builds_the_fp16_engine(fitted_checkpoint, synthetic_npz, tmp_path, capsys):
+    from fer_edge.export.cli import main
+    rc = main(["--checkpoint", str(fitted_checkpoint), "--fp16", "--engine", "--trt", "tensorrt_rtx", "--preset",
+               "latency", "--out", str(tmp_path), "--parity-data", str(synthetic_npz)])
+    assert rc == 0
+    engines = sorted(p.name for p in tmp_path.glob("*.engine"))
+    assert engines == ["tf_efficientnetv2_b0_32px_fer2013_fp16_rtx_b1-1-1.engine"]  # the lowest precision only
+    assert json.loads((tmp_path / (engines[0] + ".json")).read_text())["contract"]["precision"] == "fp16"
+
+
+def test_cli_refuses_bad_engine_options(tmp_path, capsys):
+    from fer_edge.export.cli import main
+    with pytest.raises(SystemExit):
+        main(["--onnx", "x.onnx"])                       # --onnx without --engine
+    assert "add --engine" in capsys.readouterr().err
+    assert main(["--engine", "--onnx", str(tmp_path / "missing.onnx")]) == 2
+    assert "no such ONNX file" in capsys.readouterr().err
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"0")
+    assert main(["--engine", "--onnx", str(onnx), "--dla", "0"]) == 2
+    assert "--dla needs a static batch" in capsys.readouterr().err
+
+
+def test_build_options_presets_and_batch_parsing():
+    from fer_edge.export.engine_build import options_with_preset, parse_batch
+    assert parse_batch("1:8:32") == (1, 8, 32) and parse_batch("4") == (4, 4, 4)
+    for bad in ("1:2", "a:b:c", "8:4:16", "0:1:1"):
+        with pytest.raises(ContractError):
+            options_with_preset(None, batch=parse_batch(bad))
+    low = options_with_preset("jetson-lowmem")
+    assert (low.batch, low.workspace_mb, low.opt_level) == ((1, 1, 1), 512, 2)
+    assert options_with_preset("jetson-lowmem", workspace_mb=1024).workspace_mb == 1024  # explicit wins
+    with pytest.raises(ContractError, match="opt-level"):
+        options_with_preset(None, opt_level=7)
+
+
+# ---------------------------------------------------------------- refusing engines before deserialisation
+SIDECAR_TRT = {"contract": {}, "artifact": {}, "engine": {
+    "flavour": "tensorrt", "version": "10.3.0.30", "version_compatible": False, "hardware_compat": "none",
+    "target": {"machine": "aarch64", "gpu_name": "Orin", "compute_capability": "8.7"},
+    "source_onnx": {"path": "fer-artifacts/m_fp16.onnx"},
+    "rebuild_args": ["--engine", "--onnx", "fer-artifacts/m_fp16.onnx", "--out", "fer-artifacts", "--batch", "1:1:1"]}}
+REBUILD = "fer-export --engine --onnx fer-artifacts/m_fp16.onnx --out fer-artifacts --batch 1:1:1"
+
+
+def _engine(**changes):
+    side = json.loads(json.dumps(SIDECAR_TRT))
+    side["engine"].update(changes)
+    return side
+
+
+@pytest.mark.parametrize("target,match", [
+    (engine_compat.RuntimeTarget("tensorrt", "10.3.0.30", "8.6", "RTX 3090", "aarch64"), "compute capability 8.7"),
+    (engine_compat.RuntimeTarget("tensorrt", "10.16.1.11", "8.7", "Orin", "aarch64"), "built with TensorRT 10.3.0.30"),
+    (engine_compat.RuntimeTarget("tensorrt_rtx", "1.7.1.116", "8.7", "Orin", "aarch64"), "built with tensorrt"),
+    (engine_compat.RuntimeTarget("tensorrt", "10.3.0.30", "8.7", "Orin", "x86_64"), "not portable across platforms"),
+    (engine_compat.RuntimeTarget("tensorrt_lean", "10.3.0.30", "8.7", "Orin", "aarch64"), "version-compatible"),
+])
+def test_mismatched_engine_is_refused_with_rebuild_command(target, match):
+    with pytest.raises(ModelLoadError, match=match) as err:
+        engine_compat.check_compatibility("m.engine", SIDECAR_TRT, target)
+    assert REBUILD in str(err.value)
+
+
+def test_compatibility_rules_that_allow_loading():
+    orin = engine_compat.RuntimeTarget("tensorrt", "10.3.0.30", "8.7", "Orin", "aarch64")
+    engine_compat.check_compatibility("m.engine", SIDECAR_TRT, orin)  # same everything
+    engine_compat.check_compatibility("m.engine", _engine(version="10.3.0.26"), orin)  # build number only
+    vc = _engine(version_compatible=True, version="10.1.0")
+    engine_compat.check_compatibility("m.engine", vc, orin)  # VC: older builder, same major
+    engine_compat.check_compatibility("m.engine", _engine(version_compatible=True, version="10.3.0"),
+                                      engine_compat.RuntimeTarget("tensorrt", "11.4.0", "8.7", "Orin", "aarch64"))
+    with pytest.raises(ModelLoadError, match="cannot run"):
+        engine_compat.check_compatibility("m.engine", _engine(version_compatible=True, version="10.16.0"), orin)
+    ampere = _engine(hardware_compat="ampere+", target={"machine": "x86_64", "compute_capability": "8.6"})
+    engine_compat.check_compatibility("m.engine", ampere, engine_compat.RuntimeTarget("tensorrt", "10.3.0", "9.0", "H100", "x86_64"))
+    with pytest.raises(ModelLoadError, match="Ampere-or-newer"):
+        engine_compat.check_compatibility("m.engine", ampere, engine_compat.RuntimeTarget("tensorrt", "10.3.0", "7.5", "T4", "x86_64"))
+    rtx = _engine(flavour="tensorrt_rtx", version="1.7.1.116", target={"machine": "x86_64", "compute_capabilities": ["8.6", "8.9"]})
+    engine_compat.check_compatibility("m.engine", rtx, engine_compat.RuntimeTarget("tensorrt_rtx", "1.7.1.116", "8.9", "RTX 4090", "x86_64"))
+    with pytest.raises(ModelLoadError, match=r"targets compute capabilities \['8.6', '8.9'\]"):
+        engine_compat.check_compatibility("m.engine", rtx, engine_compat.RuntimeTarget("tensorrt_rtx", "1.7.1.116", "12.0", "RTX 5090", "x86_64"))
+    with pytest.raises(ModelLoadError, match="do not load across TensorRT-RTX releases"):
+        engine_compat.check_compatibility("m.engine", rtx, engine_compat.RuntimeTarget("tensorrt_rtx", "1.8.0", "8.9", "RTX 4090", "x86_64"))
+
+
+@pytest.fixture
+def copied_engine(engines, tmp_path):
+    built, _, _ = engines
+    src = built["fp16"]
+    dst = tmp_path / src.path.name
+    shutil.copy(src.path, dst)
+    shutil.copy(src.sidecar, sidecar_path(dst))
+    return dst
+
+
+@pytest.fixture
+def no_deserialise(monkeypatch):
+    """Any attempt to create a TensorRT runtime fails the test: the checks must come first."""
+    import tensorrt_rtx
+
+    def forbidden(*a, **k):
+        raise AssertionError("TensorRT deserialisation was reached")
+    monkeypatch.setattr(tensorrt_rtx, "Runtime", forbidden)
+
+
+@needs_rtx
+@needs_export_stack
+def test_truncated_or_corrupt_engine_is_refused_before_deserialisation(copied_engine, no_deserialise):
+    from fer_edge.runtime import load
+    data = copied_engine.read_bytes()
+    copied_engine.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="truncated") as err:
+        load(copied_engine)
+    assert "fer-export --engine --onnx" in str(err.value)
+    corrupt = bytearray(data)
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    copied_engine.write_bytes(bytes(corrupt))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load(copied_engine)
+
+
+@needs_rtx
+@needs_export_stack
+@pytest.mark.parametrize("change,match", [
+    ({"version": "1.5.0.1"}, "do not load across TensorRT-RTX releases"),
+    ({"target": {"machine": "aarch64"}}, "not portable across platforms"),
+])
+def test_real_engine_with_foreign_sidecar_is_refused_before_deserialisation(copied_engine, no_deserialise, change, match):
+    from fer_edge.runtime import load
+    side = json.loads(sidecar_path(copied_engine).read_text())
+    side["engine"].update(change)
+    atomic_write_json(sidecar_path(copied_engine), side)
+    with pytest.raises(ModelLoadError, match=match) as err:
+        load(copied_engine)
+    assert f"fer-export --engine --onnx {side['engine']['source_onnx']['path']}" in str(err.value)
+
+
+@needs_rtx
+@needs_export_stack
+@pytest.mark.skipif(_gpu_present(), reason="a CUDA GPU is present")
+def test_engine_on_a_machine_without_gpu_says_so(copied_engine):
+    from fer_edge.runtime import load
+    with pytest.raises(BackendUnavailableError, match="GPU"):
+        load(copied_engine)
+
+
+def test_engine_without_sidecar_is_refused(tmp_path):
+    path = tmp_path / "m.engine"
+    path.write_bytes(b"plan")
+    with pytest.raises(ModelLoadError, match="no engine sidecar"):
+        engine_compat.verify_engine_file(path, None)
+
+
+def test_missing_tensorrt_names_the_install_command(monkeypatch):
+    for name in ("tensorrt", "tensorrt_lean", "tensorrt_rtx"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
+    with pytest.raises(BackendUnavailableError) as err:
+        import_builder()
+    assert "pip install 'fer-edge[trt]'" in str(err.value) and "python3-libnvinfer" in str(err.value)
+    with pytest.raises(BackendUnavailableError, match="fer-edge\\[trt\\]"):
+        tensorrt_backend.pick_runtime_flavour(SIDECAR_TRT, None)
+
+
+def test_missing_cuda_python_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cuda", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    with pytest.raises(BackendUnavailableError, match="pip install 'fer-edge\\[trt\\]'"):
+        cuda_buffers.load_cuda_api("cuda-python")
+    with pytest.raises(BackendUnavailableError, match="not supported"):
+        cuda_buffers.load_cuda_api("cupy")
+
+
+def test_gpu_check_refuses_without_gpu_stack(monkeypatch, capsys):
+    from fer_edge.benchmarks import gpu_check
+    for name in ("tensorrt", "tensorrt_lean", "tensorrt_rtx"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert gpu_check.main([]) == 3
+    assert "cannot run on this machine" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- trtexec statistics
+def test_trtexec_percentiles_median_and_cv():
+    values = list(range(1, 101))                       # 1..100 ms
+    s = trtexec_stats.summarize(values)
+    # trtexec: sorted[max(n-1-int((1-p/100)*n), 0)] in float32 -> p90 = 90, p95 = 95, p99 = 100 (!)
+    assert (s["p90"], s["p95"], s["p99"]) == (90.0, 95.0, 100.0)
+    assert s["median"] == 50.5 and s["min"] == 1 and s["max"] == 100 and s["mean"] == 50.5
+    assert s["cv_percent"] == pytest.approx(np.std(values) / 50.5 * 100)
+    assert trtexec_stats.summarize([3.0, 1.0, 2.0])["median"] == 2.0
+    assert trtexec_stats.percentile([5.0], 99) == 5.0
+    ten = trtexec_stats.summarize(range(10))
+    assert ten["p90"] == 8.0 and ten["p99"] == 9.0
+    with pytest.raises(ValueError):
+        trtexec_stats.summarize([])
+
+
+def test_stage_summary_throughput_and_warnings():
+    rng = np.random.default_rng(0)
+    runs = [{"h2d": 0.02, "gpu_compute": float(c), "d2h": 0.01, "host_latency": 0.03 + float(c), "inference": 0.5}
+            for c in rng.normal(0.15, 0.03, 200).clip(0.05)]
+    summary = trtexec_stats.summarize_stages(runs)
+    assert set(summary) == {"h2d", "gpu_compute", "d2h", "host_latency", "inference"}
+    notes = trtexec_stats.warnings_for(summary)
+    assert any("unstable" in n for n in notes) and any("1.5x" in n for n in notes)
+    assert not any("data transfers" in n for n in notes)
+    slow_copy = trtexec_stats.summarize_stages([{"h2d": 1.0, "gpu_compute": 0.1, "d2h": 0.01}] * 3)
+    assert any("data transfers" in n for n in trtexec_stats.warnings_for(slow_copy))
+    assert trtexec_stats.throughput_qps(1000, 1, 500.0) == 2000.0
+    table = trtexec_stats.markdown_table(summary)
+    assert "GPU Compute Time" in table and table.count("\n") == 6
+
+
+# ---------------------------------------------------------------- buffer / graph layer without a GPU
+SPECS = [cuda_buffers.TensorSpec("input", True, np.dtype(np.float16), (-1, 1, 32, 32),
+                                 ((1, 1, 32, 32), (4, 1, 32, 32), (8, 1, 32, 32))),
+         cuda_buffers.TensorSpec("logits", False, np.dtype(np.float16), (-1, 7))]
+
+
+def test_shape_and_profile_logic():
+    assert cuda_buffers.batch_range(SPECS) == (1, 8)
+    assert cuda_buffers.max_shape(SPECS[0], 8) == (8, 1, 32, 32)
+    assert cuda_buffers.max_shape(SPECS[1], 8) == (8, 7)
+    assert cuda_buffers.input_shape(SPECS[0], 3, 1, 8) == (3, 1, 32, 32)
+    with pytest.raises(ContractError, match="outside the engine's profile"):
+        cuda_buffers.input_shape(SPECS[0], 9, 1, 8)
+    static = [cuda_buffers.TensorSpec("input", True, np.dtype(np.float32), (1, 1, 32, 32)), SPECS[1]]
+    assert cuda_buffers.batch_range(static) == (1, 1)
+    with pytest.raises(ContractError, match="no optimisation profile"):
+        cuda_buffers.batch_range([cuda_buffers.TensorSpec("input", True, np.dtype(np.float32), (-1, 1, 32, 32))])
+    assert cuda_buffers.split_batches(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert cuda_buffers.nbytes((8, 7), np.float16) == 112
+
+
+class FakeCuda:
+    """Host-memory stand-in for the CUDA layer: 'device' buffers are numpy byte arrays, events count time."""
+    name, supports_graphs = "fake", True
+
+    def __init__(self):
+        self.mem, self.next_ptr, self.calls, self.clock = {}, 0x1000, [], 0.0
+        self.device = 0
+        self.capturing = False
+
+    def _alloc(self, size):
+        ptr, self.next_ptr = self.next_ptr, self.next_ptr + size + 256
+        self.mem[ptr] = np.zeros(size, np.uint8)
+        return ptr
+
+    def device_alloc(self, size):
+        self.calls.append(("device_alloc", size))
+        return self._alloc(size)
+
+    def pinned_empty(self, shape, dtype):
+        ptr = self._alloc(cuda_buffers.nbytes(shape, dtype))
+        return self.mem[ptr].view(dtype).reshape(shape), ptr
+
+    def device_free(self, ptr):
+        self.mem.pop(ptr)
+
+    pinned_free = device_free
+
+    def h2d_async(self, dst, src, size, stream):
+        self.calls.append(("h2d", size))
+        self.mem[dst][:size] = self.mem[src][:size]
+
+    def d2h_async(self, dst, src, size, stream):
+        self.calls.append(("d2h", size))
+        self.mem[dst][:size] = self.mem[src][:size]
+
+    def stream_create(self):
+        return "stream"
+
+    def stream_handle(self, stream):
+        return 7
+
+    def stream_sync(self, stream):
+        pass
+
+    def event_create(self, blocking):
+        return {"t": 0.0}
+
+    def event_record(self, event, stream):
+        self.clock += 0.25
+        event["t"] = self.clock
+
+    def event_wait(self, event, spin):
+        pass
+
+    def event_elapsed_ms(self, a, b):
+        return b["t"] - a["t"]
+
+    def capture_begin(self, stream):
+        self.capturing = True
+
+    def capture_end(self, stream):
+        self.capturing = False
+        self.calls.append(("graph_captured",))
+        return "graph", "graph_exec"
+
+    def capture_abort(self, stream):
+        self.capturing = False
+
+    def graph_launch(self, graph_exec, stream):
+        self.calls.append(("graph_launch",))
+        self.context.compute()
+
+    def graph_free(self, graph, graph_exec):
+        pass
+
+    def gpu_identity(self):
+        return {"gpu_name": "Fake GPU", "compute_capability": "8.7", "cuda_driver": "12.6"}
+
+
+class FakeContext:
+    """Execution context whose 'kernel' is logits[i, k] = mean(input[i]) + k, on the fake device memory."""
+
+    def __init__(self, api):
+        self.api, self.addr, self.shape = api, {}, None
+
+    def set_tensor_address(self, name, ptr):
+        self.addr[name] = ptr
+
+    def set_input_shape(self, name, shape):
+        self.shape = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        return (self.shape[0], 7)
+
+    def compute(self):
+        n = self.shape[0]
+        x = self.api.mem[self.addr["input"]].view(np.float16)[: n * 32 * 32].reshape(n, -1).astype(np.float32)
+        out = self.api.mem[self.addr["logits"]].view(np.float16)
+        out[: n * 7] = (x.mean(1, keepdims=True) + np.arange(7)).ravel()
+
+    def execute_async_v3(self, stream):
+        self.api.calls.append(("enqueue", self.api.capturing))
+        if not self.api.capturing:
+            self.compute()
+        return True
+
+
+def _fake_backend(monkeypatch, cuda_graph=None):
+    from fer_edge.runtime.contract import ModelContract
+    api = FakeCuda()
+    context = FakeContext(api)
+    api.context = context
+    monkeypatch.setattr(tensorrt_backend, "verify_engine_file", lambda p, s: None)
+    monkeypatch.setattr(tensorrt_backend, "check_compatibility", lambda p, s, t: None)
+    monkeypatch.setattr(tensorrt_backend, "load_cuda_api", lambda name, device: api)
+
+    class FakeEngine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return SPECS[i].name
+
+        def get_tensor_mode(self, name):
+            return "IN" if name == "input" else "OUT"
+
+        def get_tensor_shape(self, name):
+            return next(s.shape for s in SPECS if s.name == name)
+
+        def get_tensor_profile_shape(self, name, idx):
+            return SPECS[0].profile
+
+        def get_tensor_dtype(self, name):
+            return type("DT", (), {"name": "HALF"})()
+
+        def create_execution_context(self):
+            return context
+
+    class FakeTrt:
+        TensorIOMode = type("M", (), {"INPUT": "IN"})
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, plan):
+                return FakeEngine()
+
+    flavour = type("F", (), {"module": FakeTrt, "name": "tensorrt", "version": "10.3.0"})()
+    monkeypatch.setattr(tensorrt_backend, "pick_runtime_flavour", lambda s, f: flavour)
+    monkeypatch.setattr(tensorrt_backend._Logger, "create", staticmethod(lambda trt: type("L", (), {"errors": []})()))
+    contract = ModelContract(arch="tf_efficientnetv2_b0", labels=list("abcdefg"), input_size=32, channels=1,
+                             color_order="GRAY", mean=[0.5], std=[0.5]).validate()
+    import pathlib
+    tmp = pathlib.Path(__file__)  # any readable file stands in for the plan bytes
+    backend = tensorrt_backend.TensorRTBackend(tmp, contract, {"engine": {"flavour": "tensorrt", "version": "10.3.0"}},
+                                               cuda_graph=cuda_graph)
+    return backend, api, contract
+
+
+def test_backend_buffers_dtypes_graph_and_timings_with_fake_gpu(monkeypatch):
+    backend, api, contract = _fake_backend(monkeypatch)
+    # Buffers allocated once, for the profile max, in the engine's dtype (FP16 I/O here).
+    allocs = [c for c in api.calls if c[0] == "device_alloc"]
+    assert allocs == [("device_alloc", 8 * 32 * 32 * 2), ("device_alloc", 8 * 7 * 2)]
+    assert backend.max_batch == 8 and backend.bench_settings["cuda_graph"] is True
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 1, 32, 32)).astype(np.float32)
+    out = backend.run(x)
+    assert out.dtype == np.float32 and out.shape == (3, 7)
+    want = x.astype(np.float16).astype(np.float32).reshape(3, -1).mean(1, keepdims=True) + np.arange(7)
+    np.testing.assert_allclose(out, want, atol=1e-2)
+    assert ("h2d", 3 * 32 * 32 * 2) in api.calls and ("d2h", 3 * 7 * 2) in api.calls   # only the used rows
+    # Batch 1: warm-up enqueue, capture, then graph launches (no re-capture on the next call).
+    api.calls.clear()
+    one = x[:1]
+    np.testing.assert_allclose(backend.run(one), want[:1], atol=1e-2)
+    np.testing.assert_allclose(backend.run(one), want[:1], atol=1e-2)
+    assert api.calls.count(("graph_captured",)) == 1 and api.calls.count(("graph_launch",)) == 2
+    times = backend.timed_run(one)
+    assert set(times) == {"h2d", "gpu_compute", "d2h", "host_latency", "inference"}
+    assert times["h2d"] == times["gpu_compute"] == times["d2h"] == 0.25
+    assert times["host_latency"] == pytest.approx(0.75)
+    with pytest.raises(ContractError, match="outside the engine's profile"):
+        backend.run(np.zeros((9, 1, 32, 32), np.float32))
+    allocs_after = [c for c in api.calls if c[0] == "device_alloc"]
+    assert allocs_after == []                                  # never reallocated per call
+    backend.close()
+
+
+def test_fermodel_splits_batches_beyond_engine_max(monkeypatch):
+    from fer_edge.runtime.model import FerModel
+    backend, api, contract = _fake_backend(monkeypatch, cuda_graph=False)
+    seen = []
+    real_run = backend.run
+    monkeypatch.setattr(backend, "run", lambda b: seen.append(len(b)) or real_run(b))
+    model = FerModel(Path("m.engine"), contract, backend, {})
+    faces, _ = synthetic_faces(19)
+    preds = model.predict(list(faces))
+    assert len(preds) == 19 and seen == [8, 8, 3]
+    assert not any(c[0] == "graph_launch" for c in api.calls)   # cuda_graph=False honoured
+
+
+def test_pycuda_cannot_be_combined_with_cuda_graph(monkeypatch):
+    api = FakeCuda()
+    api.supports_graphs, api.name = False, "pycuda"
+    backend = tensorrt_backend.TensorRTBackend.__new__(tensorrt_backend.TensorRTBackend)
+    backend.api = api
+    with pytest.raises(ModelLoadError, match="stream capture"):
+        backend._resolve_graph_option(True)
+    assert backend._resolve_graph_option(None) is False
+
+
+def test_unknown_engine_option_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="unknown engine option"):
+        tensorrt_backend.load_engine_backend(tmp_path / "m.engine", None, {}, cuda_graphs=True)
+
+
+# ---------------------------------------------------------------- Jetson power parsing (no Jetson needed)
+ORIN_NX_LINE = ("11-23-2026 20:30:00 RAM 2448/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) CPU [12%@1510,8%@1510] "
+                "GR3D_FREQ 61% cpu@48.5C gpu@47.9C VDD_IN 6012mW/5500mW VDD_CPU_GPU_CV 2100mW/1900mW VDD_SOC 1400mW/1390mW")
+NANO_JP4_LINE = "RAM 1500/3964MB (lfb 4x4MB) CPU [5%@1479] GR3D_FREQ 0% POM_5V_IN 2934/2934 POM_5V_GPU 82/82"
+
+
+def test_tegrastats_parsing_and_energy():
+    from fer_edge.benchmarks import jetson
+    assert jetson.parse_tegrastats_line(ORIN_NX_LINE) == {"VDD_IN": 6012.0, "VDD_CPU_GPU_CV": 2100.0, "VDD_SOC": 1400.0}
+    assert jetson.parse_tegrastats_line(NANO_JP4_LINE) == {"POM_5V_IN": 2934.0, "POM_5V_GPU": 82.0}
+    summary = jetson.power_summary([ORIN_NX_LINE, ORIN_NX_LINE.replace("VDD_IN 6012mW", "VDD_IN 7012mW")])
+    assert summary["VDD_IN"] == {"mean_mw": 6512.0, "peak_mw": 7012.0, "samples": 2}
+    # 6.5 W above a 4.5 W idle for 10 s over 5000 inferences = 4 mJ each
+    assert jetson.energy_per_inference_mj(6500.0, 10.0, 5000, idle_mw=4500.0) == pytest.approx(4.0)
+    if not shutil.which("tegrastats"):
+        with pytest.raises(BackendUnavailableError, match="Jetson"):
+            jetson.TegrastatsSampler()
+
+
+def test_tegrastats_sampler_collects_lines_from_the_process(tmp_path):
+    from fer_edge.benchmarks import jetson
+    fake = tmp_path / "tegrastats"
+    fake.write_text(f"#!/bin/sh\nwhile true; do echo '{ORIN_NX_LINE}'; sleep 0.05; done\n")
+    fake.chmod(0o755)
+    with jetson.TegrastatsSampler(interval_ms=50, executable=str(fake)) as power:
+        time.sleep(0.4)
+    assert power.wall_s >= 0.4 and power.summary()["VDD_IN"]["mean_mw"] == 6012.0
+    assert power._proc.poll() is not None                      # the sampler process was stopped

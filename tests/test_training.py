@@ -1,0 +1,257 @@
+"""Tests for fer_edge.training: data pipeline, augmentation, checkpoint format, a tiny training run, shipping.
+
+Parts that need the FER-2013 files in ../shared are skipped on a fresh clone; the rest use synthetic
+uint8 faces, so the pipeline itself is always exercised.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+try:  # plain `import timm` fails on CPU torch with a CUDA torchvision; use the project's shim
+    from fer_edge.export.timm_compat import import_timm
+    import_timm()
+except ImportError as exc:  # pragma: no cover - training extra not installed
+    pytest.skip(f"timm unavailable ({exc}); pip install 'fer-edge[train]'", allow_module_level=True)
+
+from fer_edge.training import augment as A  # noqa: E402
+from fer_edge.training import data as D  # noqa: E402
+from fer_edge.training import train as T  # noqa: E402
+from fer_edge.training.ckpt import REQUIRED_KEYS, read_safetensors, save_checkpoint, to_python  # noqa: E402
+from fer_edge.training.metrics import confusion_matrix, summary  # noqa: E402
+from fer_edge.runtime.preprocess import prepare_batch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO.parent / "shared" / "data" / "fer2013"
+HAVE_DATA = (DATA_DIR / "fer2013_train_1of2.npz").is_file() and (DATA_DIR / "fer2013_publictest.npz").is_file()
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"FER-2013 npz files not found in {DATA_DIR} "
+                                "(../shared is absent on a fresh clone)")
+SHIPPED = REPO / "export" / "reference_model" / "fer2013_tf_efficientnetv2_b0.safetensors"
+README_TRAIN_COUNTS = [3995, 436, 4097, 7215, 4830, 3171, 4965]
+README_PUBLIC_COUNTS = [467, 56, 496, 895, 653, 415, 607]
+
+
+def _contract(size=48):
+    return D.make_contract("tf_efficientnetv2_b0", D.FER2013_LABELS, size)
+
+
+def _tiny_cfg(tmp_path, **kw):
+    cfg = T.load_config(None)
+    cfg.update({"img_size": 32, "epochs": 1, "batch_size": 16, "eval_batch_size": 64, "warmup_epochs": 0.5,
+                "threads": 2, "log_every": 0, "out_dir": str(tmp_path / "run"), "device": "cpu"})
+    cfg.update(kw)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------- data
+def test_synthetic_split_counts_and_weights():
+    s = D.synthetic_split(70, seed=1)
+    assert s.x.dtype == np.uint8 and s.x.shape == (70, 48, 48)
+    assert s.class_counts().tolist() == [10] * 7
+    w = D.class_weights(np.array(README_TRAIN_COUNTS), 0.5)
+    assert w.shape == (7,) and abs(float(w.mean()) - 1.0) < 1e-5
+    assert int(np.argmax(w)) == 1 and int(np.argmin(w)) == 3  # rarest (disgust) weighs most, happy least
+    assert np.allclose(D.class_weights(np.array(README_TRAIN_COUNTS), 0.0), 1.0)
+
+
+@pytest.mark.parametrize("size", [32, 48, 64])
+def test_prepare_tensor_is_prepare_batch(size):
+    s = D.synthetic_split(20, seed=2)
+    c = _contract(size)
+    x = D.prepare_tensor(s.x, c, chunk=7)
+    assert x.shape == (20, 1, size, size) and x.dtype == torch.float32
+    assert np.array_equal(x.numpy(), prepare_batch(s.x, c))
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+
+
+def test_load_split_checks_split_codes(tmp_path):
+    s = D.synthetic_split(10)
+    kw = dict(x=s.x, y=s.y.astype(np.uint8), row=s.row.astype(np.int32), class_names=np.array(D.FER2013_LABELS))
+    np.savez(tmp_path / "fer2013_publictest.npz", split=np.zeros(10, np.uint8), **kw)  # Training codes in the PublicTest file
+    with pytest.raises(ValueError, match="split codes"):
+        D.load_split(tmp_path, "publictest")
+    with pytest.raises(FileNotFoundError):
+        D.load_split(tmp_path, "train")
+
+
+# ------------------------------------------------------------------------------------- augment
+def test_augment_shapes_and_ranges():
+    torch.manual_seed(0)
+    x = D.prepare_tensor(D.synthetic_split(32, seed=3).x, _contract(48))
+    cfg = A.AugmentConfig(erase_p=1.0, affine_p=1.0)
+    out = A.augment_batch(x, cfg, (-1.0, 1.0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert float(out.min()) >= -1.0 - 1e-6 and float(out.max()) <= 1.0 + 1e-6
+    assert not torch.equal(out, x)
+
+
+def test_augment_individual_ops():
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 16, 16) * 2 - 1
+    assert torch.equal(A.random_crop(x, 0), x)
+    crop = A.random_crop(x, 3)
+    assert crop.shape == x.shape
+    assert torch.equal(A.random_hflip(x, 1.0), x.flip(3))
+    assert torch.equal(A.random_hflip(x, 0.0), x)
+    identity = A.AugmentConfig(affine_p=1.0, rotate_deg=0.0, scale=(1.0, 1.0))
+    assert torch.allclose(A.random_affine(x, identity), x, atol=1e-5)
+    erased = A.random_erase(x, A.AugmentConfig(erase_p=1.0, erase_area=(0.1, 0.1)), (-1.0, 1.0))
+    changed = (erased != x).flatten(1).float().mean(1)
+    assert bool((changed > 0.02).all()) and bool((changed < 0.3).all())
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.2, 0.0), (0.0, 1.0)])
+def test_mix_batch(mixup, cutmix):
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 16, 16)
+    y = torch.arange(8) % 7
+    cfg = A.AugmentConfig(mix_p=1.0, mixup_alpha=mixup, cutmix_alpha=cutmix)
+    out, ya, yb, lam = A.mix_batch(x, y, cfg)
+    assert out.shape == x.shape and 0.0 <= lam <= 1.0
+    assert torch.equal(ya, y) and sorted(yb.tolist()) == sorted(y.tolist())
+    assert A.mix_batch(x, y, A.AugmentConfig(mix_p=0.0))[3] == 1.0
+
+
+# ------------------------------------------------------------------------------ recipe helpers
+def test_lr_schedule_warmup_and_cosine_end():
+    assert T.lr_factor(0, 100, 10, 0.01) == pytest.approx(0.01)
+    assert T.lr_factor(10, 100, 10, 0.01) == pytest.approx(1.0)
+    assert T.lr_factor(100, 100, 10, 0.01) == pytest.approx(0.01)
+    assert T.lr_factor(55, 100, 10, 0.01) == pytest.approx(0.505)
+
+
+def test_config_files_and_overrides():
+    for name in ("config_cpu.json", "config_default.json"):
+        cfg = T.load_config(str(REPO / "training" / name))
+        assert cfg["arch"] == "tf_efficientnetv2_b0" and cfg["labels"] == D.FER2013_LABELS
+        A.AugmentConfig.from_dict(cfg["augment"])
+    args = T.build_parser().parse_args(["--epochs", "3", "--set", "augment.pad=2", "--set", "lr=0.01"])
+    cfg = T.apply_overrides(T.load_config(str(REPO / "training" / "config_cpu.json")), args)
+    assert cfg["epochs"] == 3 and cfg["augment"]["pad"] == 2 and cfg["lr"] == 0.01
+    with pytest.raises(SystemExit):
+        T.apply_overrides(T.load_config(None), T.build_parser().parse_args(["--set", "nope=1"]))
+
+
+def test_metrics():
+    cm = confusion_matrix([0, 0, 1, 1], [0, 1, 1, 1], 2)
+    assert cm.tolist() == [[1, 1], [0, 2]]
+    s = summary(cm)
+    assert s["top1"] == pytest.approx(75.0)
+    assert s["macro_f1"] == pytest.approx(100 * (2 / 3 + 0.8) / 2)
+
+
+def test_checkpoint_is_weights_only_loadable(tmp_path):
+    ck = {"format": "fer_edge.checkpoint.v1", "arch": "a", "img_size": np.int64(48), "in_chans": 1,
+          "labels": ["x", "y"], "mean": (np.float32(0.5),), "std": [0.5], "interpolation": "area",
+          "state_dict": {"w": torch.ones(2)}, "history": [{"val_top1": np.float64(1.5)}], "config": {"p": Path("q")}}
+    save_checkpoint(ck, tmp_path / "c.pt")
+    back = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert back["img_size"] == 48 and type(back["img_size"]) is int and back["mean"] == [0.5]
+    assert type(back["history"][0]["val_top1"]) is float and back["config"]["p"] == "q"
+    assert to_python(np.arange(3)) == [0, 1, 2]
+    with pytest.raises(ValueError, match="required keys"):
+        save_checkpoint({"format": "x"}, tmp_path / "d.pt")
+
+
+def test_training_refuses_publictest_rows(tmp_path):
+    train = D.synthetic_split(32, seed=4)
+    val = D.synthetic_split(16, seed=5, split_code=1, row_offset=20)  # rows 20..35 overlap training rows 20..31
+    with pytest.raises(ValueError, match="PublicTest rows"):
+        T.train(_tiny_cfg(tmp_path), train, val)
+
+
+# ------------------------------------------------------------------------ tiny end-to-end run
+@pytest.mark.slow
+def test_smoke_train_resume_and_ship(tmp_path):
+    """2-epoch schedule on 64 synthetic faces at 32 px: stop after 1, resume, ship fp16 safetensors."""
+    train = D.synthetic_split(64, seed=6)
+    val = D.synthetic_split(32, seed=7, split_code=1, row_offset=1000)
+    cfg = _tiny_cfg(tmp_path, epochs=2)
+    res = T.train(cfg, train, val, stop_after=1)
+    run = Path(res["out_dir"])
+    for name in ("last.pt", "best.pt", "history.csv", "curves.png", "config.json"):
+        assert (run / name).is_file(), name
+    ck = torch.load(run / "last.pt", weights_only=True)
+    assert all(k in ck for k in REQUIRED_KEYS)
+    assert ck["format"] == "fer_edge.checkpoint.v1" and ck["arch"] == "tf_efficientnetv2_b0"
+    assert ck["img_size"] == 32 and ck["in_chans"] == 1 and ck["labels"] == D.FER2013_LABELS
+    assert ck["mean"] == [0.5] and ck["std"] == [0.5] and ck["interpolation"] == "area" and ck["epoch"] == 1
+    assert ck["state_dict"]["conv_stem.weight"].shape[1] == 1 and ck["state_dict"]["classifier.weight"].shape[0] == 7
+    assert not torch.equal(ck["state_dict"]["classifier.weight"], ck["raw_state_dict"]["classifier.weight"])  # EMA
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert len(rows) == 1 and {"train_loss", "val_top1", "val_macro_f1"} <= set(rows[0])
+
+    res2 = T.train(dict(cfg), train, val, resume=str(run / "last.pt"))
+    ck2 = torch.load(run / "last.pt", weights_only=True)
+    assert ck2["epoch"] == 2 and len(ck2["history"]) == 2
+    assert ck2["scheduler"]["last_epoch"] == 2 * (64 // 16)  # schedule continued, not restarted
+    assert len(list(csv.DictReader(open(run / "history.csv")))) == 2
+
+    out = tmp_path / "m.safetensors"
+    T.ship(res2["best_path"], out, data_dir=str(tmp_path / "no-data"))
+    tensors, meta = read_safetensors(out)
+    assert meta["format"] == "fer_edge.checkpoint.v1" and meta["img_size"] == 32 and meta["labels"] == D.FER2013_LABELS
+    assert meta["training"]["epochs"] == 2 and "command" in meta["training"]
+    assert tensors["conv_stem.weight"].dtype == torch.float16
+    model, _ = T.load_weights(out)
+    x = D.prepare_tensor(val.x[:4], _contract(32))
+    assert model(x).shape == (4, 7)
+
+
+# -------------------------------------------------------------------------- real FER-2013 data
+@needs_data
+@pytest.mark.shared
+def test_real_class_counts_and_no_publictest_in_training():
+    train = D.load_split(DATA_DIR, "train")
+    pub = D.load_split(DATA_DIR, "publictest")
+    assert len(train) == 28709 and len(pub) == 3589
+    assert train.class_counts().tolist() == README_TRAIN_COUNTS
+    assert pub.class_counts().tolist() == README_PUBLIC_COUNTS
+    assert np.all(train.split == 0) and np.all(pub.split == 1)
+    assert train.row.max() < 28709 <= pub.row.min()
+    assert np.intersect1d(train.row, pub.row).size == 0
+    # A training batch drawn the way train() draws it only holds Training rows.
+    perm = torch.randperm(len(train))[:256].numpy()
+    assert np.all(train.split[perm] == 0) and np.intersect1d(train.row[perm], pub.row).size == 0
+
+
+@needs_data
+@pytest.mark.shared
+@pytest.mark.slow
+def test_real_one_epoch_smoke_via_cli(tmp_path):
+    out = tmp_path / "run"
+    rc = T.main(["--config", str(REPO / "training" / "config_cpu.json"), "--data-dir", str(DATA_DIR),
+                 "--out-dir", str(out), "--epochs", "1", "--img-size", "32", "--batch-size", "32",
+                 "--limit-train", "64", "--limit-val", "64", "--set", "log_every=0"])
+    assert rc == 0
+    ck = torch.load(out / "best.pt", weights_only=True)
+    assert all(k in ck for k in REQUIRED_KEYS) and ck["n_train"] == 64 and ck["n_val"] == 64
+    assert sum(ck["train_counts"]) == 64
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert len(rows) == 1 and 0.0 <= float(rows[0]["val_top1"]) <= 100.0
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="reference model not shipped yet")
+def test_shipped_reference_model_metadata():
+    assert SHIPPED.stat().st_size <= 15 * 1024 * 1024
+    tensors, meta = read_safetensors(SHIPPED)
+    assert meta["format"] == "fer_edge.checkpoint.v1" and meta["arch"] == "tf_efficientnetv2_b0"
+    assert meta["in_chans"] == 1 and meta["labels"] == D.FER2013_LABELS and meta["interpolation"] == "area"
+    for key in ("epochs", "publictest_top1", "publictest_macro_f1", "hardware", "wall_time_s", "command"):
+        assert key in meta["training"], key
+    assert tensors["conv_stem.weight"].dtype == torch.float16 and tensors["conv_stem.weight"].shape[1] == 1
+
+
+@needs_data
+@pytest.mark.shared
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="reference model not shipped yet")
+def test_shipped_reference_model_publictest_accuracy():
+    model, meta = T.load_weights(SHIPPED)
+    _, s, _ = T.eval_publictest(model, meta, DATA_DIR)
+    assert abs(s["top1"] - meta["training"]["publictest_top1"]) <= 0.1

@@ -1,0 +1,118 @@
+"""YuNet through ONNX Runtime with our decoding and NMS, checked against OpenCV's cv2.FaceDetectorYN."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import YUNET_DIR, needs_export_stack
+from test_pipeline import face_photo, scene, tiny_model  # noqa: F401  (tiny_model is a fixture)
+
+DYNAMIC = YUNET_DIR / "yunet_s_dynamic.onnx"
+FIXED_640 = YUNET_DIR / "face_detection_yunet_2023mar.onnx"
+FIXED_320 = YUNET_DIR / "yunet_s_320_320.onnx"
+needs_yunet = pytest.mark.skipif(not FIXED_640.exists(), reason=f"needs the YuNet models in {YUNET_DIR}")
+
+
+def opencv_faces(model, image, score=0.5, nms=0.3):
+    """cv2.FaceDetectorYN on an image already at the detector's input size: (N, 15) rows or empty."""
+    h, w = image.shape[:2]
+    detector = cv2.FaceDetectorYN.create(str(model), "", (w, h), score, nms, 5000)
+    _, faces = detector.detect(image)
+    return np.zeros((0, 15), np.float32) if faces is None else faces
+
+
+def assert_same_faces(ours, theirs, scale=1.0, tol_px=2.0):
+    assert len(ours) == len(theirs) and len(ours) > 0
+    theirs = theirs[np.argsort(-theirs[:, 14])]
+    for det, row in zip(ours, theirs):
+        np.testing.assert_allclose(det.box, row[:4] / scale, atol=tol_px)
+        np.testing.assert_allclose(det.landmarks.reshape(-1), row[4:14] / scale, atol=tol_px)
+        assert abs(det.score - row[14]) < 1e-3
+
+
+@needs_yunet
+def test_decode_matches_opencv_on_the_photo_dynamic_model():
+    from fer_edge.runtime.yunet import YuNetDetector
+    image = face_photo()                                             # 512x512 astronaut (or 256x256 FER face)
+    ours = YuNetDetector(DYNAMIC, input_size=max(image.shape), score_threshold=0.5).detect(image)
+    assert_same_faces(ours, opencv_faces(DYNAMIC, image))
+
+
+@needs_yunet
+@pytest.mark.parametrize("faces", [1, 4])
+def test_decode_matches_opencv_fixed_model_with_letterbox(faces):
+    from fer_edge.runtime.yunet import YuNetDetector, letterbox
+    frame = scene(faces)                                             # 640x480 -> letterboxed into 640x640
+    ours = YuNetDetector(FIXED_640, score_threshold=0.5).detect(frame)
+    boxed, scale = letterbox(frame, 640, 640)
+    assert scale == 1.0 and boxed.shape == (640, 640, 3)
+    assert_same_faces(ours, opencv_faces(FIXED_640, boxed), scale)
+    assert len(ours) == faces
+
+
+@needs_yunet
+def test_letterbox_maps_boxes_back_to_frame_pixels():
+    from fer_edge.runtime.yunet import YuNetDetector, letterbox
+    frame = scene(1)
+    boxed, scale = letterbox(frame, 320, 320)                        # 640x480 -> 320x240 + 80 rows of padding
+    assert scale == 0.5 and boxed.shape == (320, 320, 3) and not boxed[240:].any()
+    np.testing.assert_allclose(boxed[100, 100], frame[200, 200], atol=8)
+    detector = YuNetDetector(FIXED_320, score_threshold=0.5)
+    small = detector.detect(frame)
+    big = detector.detect(cv2.resize(frame, (1280, 960)))            # same content at twice the size
+    assert len(small) == len(big) == 1
+    np.testing.assert_allclose(np.array(big[0].box) / 2, small[0].box, atol=3)
+    # The 320 model on the frame agrees with OpenCV's detector on the same letterboxed input.
+    assert_same_faces(small, opencv_faces(FIXED_320, boxed), scale, tol_px=2 / scale)
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    from fer_edge.runtime.yunet import nms
+    boxes = np.array([[0, 0, 100, 100], [5, 5, 100, 100], [200, 200, 50, 50], [0, 0, 100, 100], [210, 200, 50, 50]],
+                     np.float32)
+    scores = np.array([0.8, 0.9, 0.7, 0.5, 0.95], np.float32)
+    assert nms(boxes, scores, 0.3).tolist() == [4, 1]
+    assert nms(boxes, scores, 0.95).tolist() == [4, 1, 0, 2]         # near-duplicates only (0 and 3 are identical)
+    assert nms(boxes, scores, 0.3, top_k=1).tolist() == [4]
+    assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.3).tolist() == []
+
+
+def test_decode_grid_semantics():
+    """One cell with known offsets decodes exactly as centre = (cell + d) * stride, size = exp(d) * stride."""
+    from fer_edge.runtime.yunet import decode
+    w, h = 64, 32
+    out = {}
+    for s in (8, 16, 32):
+        n = (w // s) * (h // s)
+        out[f"cls_{s}"] = np.zeros((1, n, 1), np.float32)
+        out[f"obj_{s}"] = np.zeros((1, n, 1), np.float32)
+        out[f"bbox_{s}"] = np.zeros((1, n, 4), np.float32)
+        out[f"kps_{s}"] = np.zeros((1, n, 10), np.float32)
+    cell = 1 * (w // 16) + 2                                         # row 1, col 2 at stride 16
+    out["cls_16"][0, cell, 0], out["obj_16"][0, cell, 0] = 0.81, 1.5  # obj is clipped to 1 -> score 0.9
+    out["bbox_16"][0, cell] = [0.5, 0.25, np.log(2.0), 0.0]
+    out["kps_16"][0, cell] = np.arange(10) * 0.1
+    boxes, kps, scores = decode(out, w, h, 0.5)
+    np.testing.assert_allclose(scores, [0.9], rtol=1e-6)
+    # centre (2.5 * 16, 1.25 * 16) = (40, 20); size (32, 16)
+    np.testing.assert_allclose(boxes[0], [40 - 16, 20 - 8, 32, 16], rtol=1e-6)
+    np.testing.assert_allclose(kps[0, 1], [(2 + 0.2) * 16, (1 + 0.3) * 16], rtol=1e-6)
+
+
+def test_wrong_model_files_are_refused(tmp_path):
+    from fer_edge.runtime.detection import create_detector
+    from fer_edge.runtime.errors import ModelLoadError
+    with pytest.raises(ModelLoadError, match="no such YuNet"):
+        create_detector(tmp_path / "missing.onnx")
+    with pytest.raises(ModelLoadError, match="unknown detector file"):
+        create_detector(tmp_path / "face.xml")
+
+
+@needs_yunet
+@needs_export_stack
+def test_fer_model_is_not_a_yunet(tiny_model):
+    from fer_edge.runtime.errors import ModelLoadError
+    from fer_edge.runtime.yunet import YuNetDetector
+    with pytest.raises(ModelLoadError, match="not a YuNet"):
+        YuNetDetector(tiny_model)
