@@ -6,7 +6,6 @@ named like trtexec's report (min, max, mean, median = p50, percentile 90/95/99, 
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -18,11 +17,16 @@ DEFAULT_FACE_SIZE = 48  # FER-2013 crops are 48x48
 
 
 def percentile(sorted_ms: Sequence[float], p: float) -> float:
-    """trtexec's nearest-rank-from-top percentile on ascending timings: index max(n-1-floor((1-p/100)n), 0)."""
+    """trtexec's percentile on ascending timings: sorted[max(n - 1 - int((1 - p/100) * n), 0)].
+
+    trtexec (samples/common/sampleReporting.cpp) does this arithmetic in 32-bit float, which decides the
+    rank at the edges (p99 of 100 samples is the maximum); float32 here keeps our numbers identical to its.
+    """
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile {p} must be between 0 and 100")
     n = len(sorted_ms)
-    # (100 - p) * n / 100 rather than (1 - p/100) * n: 1 - 0.9 is 0.0999..., which would shift the index by one.
-    index = max(n - 1 - int(math.floor((100.0 - p) * n / 100.0 + 1e-9)), 0)
-    return float(sorted_ms[index])
+    exclude = int((np.float32(1) - np.float32(p) / np.float32(100)) * np.float32(n))
+    return float(sorted_ms[max(n - 1 - exclude, 0)])
 
 
 def median(sorted_ms: Sequence[float]) -> float:

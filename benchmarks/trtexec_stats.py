@@ -1,8 +1,7 @@
 """Latency statistics computed exactly as trtexec reports them, so fer-bench numbers compare with trtexec's.
 
-Source of the formulas: TensorRT samples/common/sampleReporting.cpp (see docs/tensorrt.md):
-  percentile p -> sorted[max(n - 1 - int((1 - p/100) * n), 0)]   (nearest rank from the top, float32 math)
-  median       -> middle value, or the mean of the two middle values
+Source of the formulas: TensorRT samples/common/sampleReporting.cpp (see docs/tensorrt.md). Percentile and
+median come from benchmarks/latency.py, shared with every other fer-bench report.
   CV           -> population std / mean * 100 (trtexec warns above 2.5 %)
 Stage names follow trtexec: h2d ("H2D Latency"), gpu_compute ("GPU Compute Time"), d2h ("D2H Latency"),
 host_latency ("Latency" = h2d + gpu_compute + d2h) and inference (host wall time per call).
@@ -12,32 +11,13 @@ from __future__ import annotations
 import math
 from typing import Dict, Iterable, List, Mapping, Sequence
 
-import numpy as np
+from .latency import median, percentile  # the one implementation of trtexec's percentile and median
 
 DEFAULT_PERCENTILES = (90, 95, 99)
 STAGES = ("h2d", "gpu_compute", "d2h", "host_latency", "inference")
 STAGE_TITLES = {"h2d": "H2D Latency", "gpu_compute": "GPU Compute Time", "d2h": "D2H Latency",
                 "host_latency": "Latency (H2D+compute+D2H)", "inference": "Wall time per call"}
 UNSTABLE_CV_PERCENT = 2.5
-
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    if not sorted_values:
-        return math.inf
-    if not 0 <= p <= 100:
-        raise ValueError(f"percentile {p} must be between 0 and 100")
-    n = len(sorted_values)
-    # trtexec computes this in C++ float (32-bit); doing it in float64 shifts the rank for e.g. p90 of 100.
-    exclude = int((np.float32(1) - np.float32(p) / np.float32(100)) * np.float32(n))
-    return float(sorted_values[max(n - 1 - exclude, 0)])
-
-
-def median(sorted_values: Sequence[float]) -> float:
-    n = len(sorted_values)
-    if n == 0:
-        return math.inf
-    mid = n // 2
-    return float(sorted_values[mid]) if n % 2 else (sorted_values[mid - 1] + sorted_values[mid]) / 2.0
 
 
 def summarize(samples: Iterable[float], percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> Dict[str, float]:

@@ -60,27 +60,44 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: FER-2013 PublicTest from ../shared when present)")
     check.add_argument("--parity-split", metavar="SPLIT", help="split of a csv/npz, e.g. PublicTest")
     check.add_argument("--parity-count", type=int, metavar="N", help="check on N random images of the set (default all)")
+    from fer_edge.calibration.int8_cli import INT8_EXAMPLES, add_int8_arguments
+    add_int8_arguments(parser)
+    parser.epilog += "\n" + INT8_EXAMPLES
+    from fer_edge.export.engine_cli import ENGINE_EXAMPLES, add_engine_arguments
+    add_engine_arguments(parser)
+    parser.epilog += "\n" + ENGINE_EXAMPLES
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.onnx and not args.engine:
+        parser.error("--onnx names the source of an engine build; add --engine")
+    from fer_edge.calibration.int8_cli import check_int8_args, run_int8
+    from fer_edge.export.engine_cli import run_engine_step
     from fer_edge.export.exporter import export_model
+    if args.onnx:  # engine from an existing ONNX: nothing to export
+        return run_engine_step(args, {})
+    command = ["fer-export"] + list(sys.argv[1:] if argv is None else argv)
     try:
+        calib_source = check_int8_args(args)  # fail before exporting when INT8 has no calibration set
         written = export_model(
             checkpoint=args.checkpoint, arch=args.arch, img_size=args.img_size, labels=args.labels, fp16=args.fp16,
             out_dir=args.out, parity_data=args.parity_data, parity_split=args.parity_split,
-            parity_count=args.parity_count, opset=args.opset, command=["fer-export"] + list(argv or sys.argv[1:]),
+            parity_count=args.parity_count, opset=args.opset, command=command,
             mean=args.mean, std=args.std, interpolation=args.interpolation, crop_margin=args.crop_margin,
             allow_pickle=args.allow_pickle)
+        paths = {precision: artifact.path for precision, artifact in written.items()}
+        for artifact in written.values():
+            print(f"wrote {artifact.path}\nwrote {artifact.sidecar}")
+        if calib_source is not None:
+            paths["int8"] = run_int8(args, calib_source, paths["fp32"], command)
+            print(f"wrote {paths['int8']}\nwrote {paths['int8']}.json")
     except FerEdgeError as exc:
         print(f"fer-export: error: {exc}", file=sys.stderr)
         return 2
-    for artifact in written.values():
-        print(f"wrote {artifact.path}")
-        print(f"wrote {artifact.sidecar}")
-    return 0
+    return run_engine_step(args, paths) if args.engine else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

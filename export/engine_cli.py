@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 from fer_edge.runtime.engine_compat import HARDWARE_COMPAT_LEVELS
 
@@ -46,35 +46,33 @@ def engine_options(args: argparse.Namespace):
         timing_cache=args.timing_cache, version_compatible=args.version_compatible or None)
 
 
-def engine_sources(args: argparse.Namespace, written: Optional[Dict[str, object]]) -> List[Path]:
+def engine_sources(args: argparse.Namespace, paths: Dict[str, Path]) -> List[Path]:
     """ONNX files to build from: --onnx, else the lowest precision just exported (int8 > fp16 > fp32)."""
     if args.onnx:
         return [Path(args.onnx)]
-    paths = {p: a.path for p, a in (written or {}).items()}
     for precision in ("int8", "fp16", "fp32"):
         if precision in paths:
             return [Path(paths[precision])]
     return []
 
 
-def build_engines(args: argparse.Namespace, written: Optional[Dict[str, object]],
+def build_engines(args: argparse.Namespace, paths: Dict[str, Path],
                   log: Callable[[str], None] = print) -> List[Path]:
     from fer_edge.export.engine_build import build_engine
     options = engine_options(args)
     built = []
-    for onnx_path in engine_sources(args, written):
+    for onnx_path in engine_sources(args, paths):
         result = build_engine(onnx_path, out_dir=args.out, options=options, flavour=args.trt, log=log)
         built += [result.path, result.sidecar]
     return built
 
 
-def run_engine_step(args: argparse.Namespace, written: Optional[Dict[str, object]]) -> int:
-    """Build the requested engine(s), print what was written; exit code like fer-export's (2 on a clear error)."""
+def run_engine_step(args: argparse.Namespace, paths: Dict[str, Path]) -> int:
+    """Build the requested engine(s) from {precision: onnx path}; print what was written; 2 on a clear error."""
     import sys
     from fer_edge.runtime.errors import FerEdgeError
-    written = {p: getattr(a, "path", a) for p, a in (written or {}).items()}
     try:
-        for path in build_engines(args, {p: argparse.Namespace(path=v) for p, v in written.items()}):
+        for path in build_engines(args, paths):
             print(f"wrote {path}")
     except FerEdgeError as exc:
         print(f"fer-export: error: {exc}", file=sys.stderr)

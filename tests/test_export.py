@@ -106,3 +106,26 @@ def test_safetensors_checkpoint_with_metadata(fitted_checkpoint, synthetic_npz, 
     written = export_model(checkpoint=str(st), out_dir=str(tmp_path / "o"), parity_data=str(synthetic_npz),
                            parity_count=64, log=lambda m: None)
     assert written["fp32"].contract.input_size == 32
+
+
+def test_48px_export_matches_torch_exactly():
+    """At 48 px a feature map of 3 is padded asymmetrically; onnxslim's folding of timm's dynamic SAME
+    padding got this wrong (|dlogit| up to 2 on the reference model) until export fixed the pads."""
+    import onnxruntime as ort
+    import torch
+    from fer_edge.export.onnx_export import build_model, export_fp32
+    from fer_edge.export.timm_compat import import_timm
+    from fer_edge.runtime.contract import ModelContract
+    timm = import_timm()
+    torch.manual_seed(0)
+    state = timm.create_model("tf_efficientnetv2_b0", num_classes=7, in_chans=1).state_dict()
+    model = build_model("tf_efficientnetv2_b0", 7, 1, state)
+    contract = ModelContract(arch="tf_efficientnetv2_b0", labels=FER2013_LABELS, input_size=48, channels=1,
+                             color_order="GRAY", mean=[0.5], std=[0.5])
+    proto = export_fp32(model, contract)
+    assert not [n for n in proto.graph.node if n.op_type in ("Pad", "Shape")]  # pads fused into the Convs
+    x = np.random.default_rng(0).standard_normal((8, 1, 48, 48)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max() + 1e-7

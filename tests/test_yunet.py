@@ -32,6 +32,9 @@ def assert_same_faces(ours, theirs, scale=1.0, tol_px=2.0):
 
 
 @needs_yunet
+@pytest.mark.skipif(int(cv2.__version__.split(".")[0]) < 5,
+                    reason="OpenCV 4.x's ONNX importer cannot load the dynamic-shape YuNet (isDynamicShape assertion); "
+                           "the 320 and 640 models are compared instead")
 def test_decode_matches_opencv_on_the_photo_dynamic_model():
     from fer_edge.runtime.yunet import YuNetDetector
     image = face_photo()                                             # 512x512 astronaut (or 256x256 FER face)

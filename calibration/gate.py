@@ -1,0 +1,166 @@
+"""The accuracy gate: INT8 must stay within --max-drop top-1 points of FP32 (labelled validation set) or
+agree with FP32 on >= --min-agreement of faces (unlabelled). When it does not, the most sensitive blocks
+go back to float one by one until it does, or the gate fails and nothing is written.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from fer_edge.runtime.errors import FerEdgeError
+
+from . import sensitivity
+
+EVAL_BATCH = 64
+SENSITIVITY_SUBSET = 256
+
+
+class GateFailed(FerEdgeError, RuntimeError):
+    """INT8 cannot meet the accuracy gate even with layers kept in higher precision; nothing was written."""
+
+
+def onnx_logits(model_bytes: bytes, tensors: np.ndarray, input_name: str = "input", threads: Optional[int] = None) -> np.ndarray:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {input_name: tensors[i:i + EVAL_BATCH]})[0]
+                           for i in range(0, len(tensors), EVAL_BATCH)])
+
+
+@dataclass
+class Comparison:
+    """INT8 vs FP32 on one validation set; top-1 values are fractions, drop is in points."""
+    agreement: float
+    fp32_top1: Optional[float]
+    int8_top1: Optional[float]
+
+    @property
+    def drop_points(self) -> Optional[float]:
+        return None if self.fp32_top1 is None else 100.0 * (self.fp32_top1 - self.int8_top1)
+
+    def line(self) -> str:
+        acc = "" if self.fp32_top1 is None else (
+            f"top-1 FP32 {100 * self.fp32_top1:.2f}% INT8 {100 * self.int8_top1:.2f}% (drop {self.drop_points:+.2f} pts), ")
+        return f"{acc}agreement {100 * self.agreement:.2f}%"
+
+    def as_dict(self) -> Dict[str, object]:
+        return {"agreement": round(self.agreement, 5), "fp32_top1": self.fp32_top1, "int8_top1": self.int8_top1,
+                "drop_points": None if self.drop_points is None else round(self.drop_points, 3)}
+
+
+def compare(reference: np.ndarray, logits: np.ndarray, targets: Optional[np.ndarray]) -> Comparison:
+    agreement = float((reference.argmax(1) == logits.argmax(1)).mean())
+    if targets is None:
+        return Comparison(agreement, None, None)
+    return Comparison(agreement, float((reference.argmax(1) == targets).mean()),
+                      float((logits.argmax(1) == targets).mean()))
+
+
+@dataclass
+class GateRule:
+    max_drop: float = 0.5          # points of top-1, labelled validation
+    min_agreement: float = 0.99    # fraction, unlabelled validation (or always, with metric "agreement")
+    metric: str = "auto"           # auto: drop when labelled, else agreement; agreement: always agreement
+
+    def passes(self, result: Comparison) -> bool:
+        if result.drop_points is not None and self.metric == "auto":
+            return result.drop_points <= self.max_drop
+        return result.agreement >= self.min_agreement
+
+    def describe(self, labelled: bool) -> str:
+        return (f"top-1 drop <= {self.max_drop} pts" if labelled and self.metric == "auto"
+                else f"agreement with FP32 >= {100 * self.min_agreement:.1f}%")
+
+
+@dataclass
+class GateResult:
+    model: bytes
+    before: Comparison
+    after: Comparison
+    excluded_groups: List[str] = field(default_factory=list)
+    excluded_nodes: List[str] = field(default_factory=list)
+    sensitivity: List[sensitivity.GroupSensitivity] = field(default_factory=list)
+    steps: List[Dict[str, object]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_gate(quantize_excluding: Callable[[List[str]], bytes], fp32_bytes: bytes, quantizable, tensors: np.ndarray,
+             targets: Optional[np.ndarray], rule: GateRule, input_name: str = "input",
+             log: Callable[[str], None] = print) -> GateResult:
+    """Quantize everything, check; on failure rank blocks and return the worst ones to float until it passes.
+
+    Screening uses quantize.keep_in_float on the all-INT8 model (fast); the artifact that passes is then
+    made by a real quantize_static run with nodes_to_exclude and checked again.
+    """
+    from .quantize import keep_in_float
+    start = time.perf_counter()
+    labelled = targets is not None
+    logits_of = lambda model: onnx_logits(model, tensors, input_name)  # noqa: E731
+    reference = logits_of(fp32_bytes)
+    full = quantize_excluding([])
+    before = compare(reference, logits_of(full), targets)
+    log(f"gate ({rule.describe(labelled)}) on {len(tensors)} validation faces: {before.line()}")
+    result = GateResult(full, before, before)
+    if rule.passes(before):
+        result.seconds = time.perf_counter() - start
+        return result
+
+    groups = sensitivity.block_groups(quantizable)
+    all_nodes = [n for names in groups.values() for n in names]
+    subset = np.random.default_rng(0).choice(len(tensors), min(SENSITIVITY_SUBSET, len(tensors)), replace=False)
+    from tqdm import tqdm
+    with tqdm(total=len(groups), desc="sensitivity (one block INT8 at a time)", unit="block", leave=False) as bar:
+        ranking = sensitivity.rank_groups(
+            groups, lambda nodes: keep_in_float(full, nodes),
+            lambda model: onnx_logits(model, tensors[subset], input_name), reference[subset],
+            progress=lambda _group: bar.update(1))
+    result.sensitivity = ranking
+    log("most sensitive blocks: " + ", ".join(f"{r.group} (mse {r.logit_mse:.3g})" for r in ranking[:5]))
+    # Each check runs the whole validation set through a Q/DQ model (slow on CPU), so the number of blocks to
+    # keep in float is searched by doubling then bisection (1, 2, 4, ... then halve), not one by one.
+    order = [r.group for r in ranking]
+    checked: Dict[int, bool] = {}
+
+    def passes_with(k: int) -> bool:
+        if k not in checked:
+            nodes = [n for g in order[:k] for n in groups[g]]
+            after = compare(reference, logits_of(keep_in_float(full, nodes)), targets)
+            result.steps.append({"kept_in_float": order[:k], **after.as_dict()})
+            log(f"  {k} most sensitive block(s) in float ({', '.join(order[:k][-3:])}{'...' if k > 3 else ''}): "
+                f"{after.line()}")
+            checked[k] = rule.passes(after)
+        return checked[k]
+
+    limit = len(order) - 1  # keeping every block in float is not INT8 any more
+    k, low = 1, 0
+    while k < limit and not passes_with(k):
+        low, k = k, min(2 * k, limit)
+    if k >= limit and not passes_with(limit):
+        k = None
+    while k is not None and k - low > 1:
+        mid = (low + k) // 2
+        low, k = (low, mid) if passes_with(mid) else (mid, k)
+    while k is not None and k <= limit:
+        nodes = [n for g in order[:k] for n in groups[g]]
+        model = quantize_excluding(nodes)
+        after = compare(reference, logits_of(model), targets)
+        if rule.passes(after):
+            result.model, result.after = model, after
+            result.excluded_groups, result.excluded_nodes = order[:k], nodes
+            result.seconds = time.perf_counter() - start
+            return result
+        log(f"  quantize_static with {k} block(s) in float: {after.line()}; trying one more")
+        k += 1
+    excluded = order[:limit]
+    best = max(result.steps, key=lambda s: s["agreement"]) if result.steps else before.as_dict()
+    raise GateFailed(
+        f"INT8 fails the accuracy gate ({rule.describe(labelled)}): all-INT8 {before.line()}; even with "
+        f"{len(excluded)} of {len(groups)} blocks ({len(all_nodes)} layers) kept in float the best was {best}. "
+        "Nothing was written. Try --calib-method entropy or percentile, more or more representative --calib "
+        "images, a looser --max-drop, or ship the FP16/FP32 artifact instead.")

@@ -1,0 +1,90 @@
+"""The `--int8` argument group of fer-export and its dispatch (kept here so export/cli.py stays small)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List, Optional
+
+from .int8_export import DEFAULT_METHOD, Int8Options, export_int8, resolve_calibration
+from .quantize import METHODS, TARGETS
+from .sources import DEFAULT_FRAME_STEP
+
+INT8_EXAMPLES = """int8 examples:
+  fer-export --int8 --calib ../shared/data/fer2013/fer2013_train_1of2.npz --calib-split Training \\
+             --val ../shared/data/fer2013/fer2013_publictest.npz
+  fer-export --checkpoint best.pt --int8 --calib faces/ --calib-count 256   # validates on held-apart faces/
+  fer-export --int8 --calib kiosk.mp4 --calib-frame-step 10                 # unlabelled: gate on agreement
+"""
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: expected a fraction in (0, 1], e.g. 0.99")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more (top-1 points)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
+    return value
+
+
+def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "int8", "INT8 Q/DQ ONNX for TensorRT explicit quantization, calibrated on faces and accuracy-gated "
+                "against FP32 (see docs/int8.md)")
+    group.add_argument("--int8", action="store_true", help="also write <name>_int8.onnx (needs --calib for your own checkpoint)")
+    group.add_argument("--calib", metavar="PATH",
+                       help="calibration faces: image folder (class subfolders optional), video file, fer2013.csv or "
+                            ".npz; required, also for the bundled model (fer-edge ships no face images)")
+    group.add_argument("--calib-split", metavar="SPLIT", help="split of a csv/npz calibration source, e.g. Training")
+    group.add_argument("--calib-count", type=_positive_int, default=512, metavar="N",
+                       help="calibration images, stratified by class when labelled (default 512)")
+    group.add_argument("--calib-method", choices=METHODS, default=DEFAULT_METHOD,
+                       help=f"activation range method (default {DEFAULT_METHOD}; entropy uses 2048 bins)")
+    group.add_argument("--calib-seed", type=int, default=0, metavar="N", help="sampling seed (default 0)")
+    group.add_argument("--calib-frame-step", type=_positive_int, default=DEFAULT_FRAME_STEP, metavar="N",
+                       help=f"videos: use every Nth frame, whole frame as the crop (default {DEFAULT_FRAME_STEP})")
+    group.add_argument("--calib-cache", metavar="DIR", help="calibration cache folder (default <out>/.calib-cache)")
+    group.add_argument("--val", metavar="PATH",
+                       help="labelled validation faces for the gate, any --calib format (default: a held-apart slice "
+                            "of the calibration source, never the calibration images)")
+    group.add_argument("--val-split", metavar="SPLIT", help="split of a csv/npz validation source, e.g. PublicTest")
+    group.add_argument("--max-drop", type=_non_negative, default=0.5, metavar="PTS",
+                       help="largest allowed top-1 drop vs FP32, in points (default 0.5)")
+    group.add_argument("--min-agreement", type=_fraction, default=0.99, metavar="F",
+                       help="unlabelled validation: least top-1 agreement with FP32 (default 0.99)")
+    group.add_argument("--gate-on", choices=("auto", "agreement"), default="auto",
+                       help="auto: top-1 drop when the validation set has labels, else agreement (default); "
+                            "agreement: always require --min-agreement with FP32")
+    group.add_argument("--int8-target", choices=TARGETS, default="tensorrt",
+                       help="tensorrt: symmetric int8 Q/DQ for TensorRT (default); cpu: uint8 activations for "
+                            "ONNX Runtime CPU only")
+
+
+def options_from_args(args: argparse.Namespace) -> Int8Options:
+    return Int8Options(calib=args.calib, calib_split=args.calib_split, calib_count=args.calib_count,
+                       calib_method=args.calib_method, calib_seed=args.calib_seed,
+                       calib_frame_step=args.calib_frame_step, calib_cache=args.calib_cache, val=args.val,
+                       val_split=args.val_split, max_drop=args.max_drop, min_agreement=args.min_agreement,
+                       target=args.int8_target, gate_on=args.gate_on)
+
+
+def check_int8_args(args: argparse.Namespace) -> Optional[str]:
+    """Run before the FP32 export so a missing calibration set fails fast; returns the calibration source."""
+    if not args.int8:
+        return None
+    return resolve_calibration(options_from_args(args), reference_model=args.checkpoint is None)
+
+
+def run_int8(args: argparse.Namespace, calib_source: str, fp32_path: Path, command: List[str]) -> Path:
+    return export_int8(fp32_path, options_from_args(args), calib_source, out_dir=Path(args.out), command=command)

@@ -1,0 +1,168 @@
+"""FP32 ONNX artifact -> gated INT8 Q/DQ ONNX artifact: the `fer-export --int8` pipeline.
+
+calibration source -> stratified sample -> prepare_batch (cached) -> ranges (cached) -> quantize ->
+accuracy gate (with sensitivity fallback) -> <name>_int8.onnx + sidecar. Nothing is written unless the
+gate passes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json, sha256_file, sidecar_contract, sidecar_path
+from fer_edge.runtime.contract import ModelContract
+from fer_edge.runtime.errors import ContractError, DataError
+from fer_edge.runtime.preprocess import prepare_batch
+
+from . import gate, quantize, sources
+from .cache import CalibrationCache, ranges_key, tensor_key
+
+DEFAULT_METHOD = "percentile"
+PREPROCESS_CHUNK = 256
+
+
+@dataclass
+class Int8Options:
+    calib: Optional[str] = None
+    calib_split: Optional[str] = None
+    calib_count: int = 512
+    calib_method: str = DEFAULT_METHOD
+    calib_seed: int = 0
+    calib_frame_step: int = sources.DEFAULT_FRAME_STEP
+    calib_cache: Optional[str] = None
+    val: Optional[str] = None
+    val_split: Optional[str] = None
+    max_drop: float = 0.5
+    min_agreement: float = 0.99
+    target: str = "tensorrt"
+    gate_on: str = "auto"
+
+
+def resolve_calibration(options: Int8Options, reference_model: bool) -> str:
+    """The calibration source to use, or a clear error when there is none (checked before any export work)."""
+    if options.calib:
+        if not Path(options.calib).exists():
+            raise DataError(f"--calib {options.calib}: no such file or folder. " + sources.WHAT_CALIBRATION_IS)
+        return options.calib
+    if reference_model:
+        # The project may not ship FER-2013 faces, and no synthetic set is shipped yet (docs/int8.md).
+        raise DataError("--int8 on the bundled reference model needs --calib PATH: fer-edge ships no calibration "
+                        "images. " + sources.WHAT_CALIBRATION_IS)
+    raise DataError("--int8 needs --calib PATH for your checkpoint. " + sources.WHAT_CALIBRATION_IS)
+
+
+def _prepare(faces, contract: ModelContract, what: str = "calibration") -> np.ndarray:
+    from tqdm import tqdm
+    chunks = []
+    for i in tqdm(range(0, len(faces), PREPROCESS_CHUNK), desc=f"preprocessing {what} faces", unit="chunk",
+                  leave=False):
+        chunks.append(prepare_batch(faces.subset(np.arange(i, min(i + PREPROCESS_CHUNK, len(faces)))).images, contract))
+    return np.concatenate(chunks)
+
+
+def _calibration_tensors(faces, contract: ModelContract, cache: CalibrationCache, options: Int8Options, log):
+    key = tensor_key(contract, sources.content_hash(faces), options.calib_count, options.calib_seed)
+    cached = cache.load_tensors(key)
+    if cached is not None:
+        log(f"calibration tensors: reused from cache ({cache.dir})")
+        return cached[0], key, True
+    tensors = _prepare(faces, contract)
+    cache.store_tensors(key, tensors, faces.targets)
+    return tensors, key, False
+
+
+def _ranges(fp32: bytes, tensors: np.ndarray, contract: ModelContract, tkey, cache: CalibrationCache,
+            method: str, log):
+    key = ranges_key(tkey, contract, method, quantize.RECIPE)
+    cached = cache.load_ranges(key, method)
+    if cached is not None:
+        log(f"calibration ranges ({method}): reused from cache")
+        return cached, key, True
+    from tqdm import tqdm
+    with tqdm(total=len(tensors), desc=f"calibrating ({method})", unit="img", leave=False) as bar:
+        ranges = quantize.compute_ranges(fp32, contract.input_name, tensors, method, progress=bar.update)
+    cache.store_ranges(key, method, ranges)
+    return ranges, key, False
+
+
+def export_int8(fp32_path: Path, options: Int8Options, calib_source: str, out_dir: Optional[Path] = None,
+                log: Callable[[str], None] = print, command: Optional[List[str]] = None) -> Path:
+    """Quantize a fer-export FP32 artifact; return the INT8 artifact path (written only if the gate passes)."""
+    from fer_edge.export.exporter import artifact_name
+    from fer_edge.export.onnx_export import embed_contract, graph_summary
+    import onnx
+
+    start = time.perf_counter()
+    fp32_path = Path(fp32_path)
+    contract = sidecar_contract(fp32_path)
+    if contract is None or contract.precision != "fp32":
+        raise ContractError(f"{fp32_path}: INT8 needs an FP32 artifact written by fer-export (with its .json sidecar)")
+    out_dir = Path(out_dir) if out_dir else fp32_path.parent
+    fp32 = fp32_path.read_bytes()
+
+    faces = sources.load_source(calib_source, contract.labels, options.calib_split, options.calib_frame_step)
+    sources.check_fits_model(faces, contract, "calibration")
+    if options.val:
+        val_faces = sources.load_source(options.val, contract.labels, options.val_split, options.calib_frame_step)
+        sources.check_fits_model(val_faces, contract, "validation")
+        calib_faces, _ = sources.split_calibration(faces, options.calib_count, options.calib_seed, holdout=False)
+    else:
+        calib_faces, val_faces = sources.split_calibration(faces, options.calib_count, options.calib_seed, holdout=True)
+    log(f"calibration: {len(calib_faces)} faces from {faces.source} "
+        f"({'stratified by class' if faces.labelled else 'unlabelled'}, seed {options.calib_seed}); "
+        f"validation: {len(val_faces)} faces from {val_faces.source}"
+        + ("" if options.val else " (held apart from the calibration images)"))
+
+    cache = CalibrationCache(Path(options.calib_cache) if options.calib_cache else out_dir / ".calib-cache",
+                             artifact_name(contract, "int8", ""), log)
+    tensors, tkey, tensors_hit = _calibration_tensors(calib_faces, contract, cache, options, log)
+    t_ranges = time.perf_counter()
+    ranges, rkey, ranges_hit = _ranges(fp32, tensors, contract, tkey, cache, options.calib_method, log)
+    ranges_s = time.perf_counter() - t_ranges
+
+    def quantize_excluding(nodes):
+        return quantize.quantize(fp32, ranges, options.calib_method, exclude=nodes, target=options.target)
+
+    val_tensors = _prepare(val_faces, contract, "validation")
+    rule = gate.GateRule(options.max_drop, options.min_agreement, options.gate_on)
+    result = gate.run_gate(quantize_excluding, fp32, quantize.quantizable_nodes(fp32), val_tensors,
+                           val_faces.targets, rule, contract.input_name, log)
+
+    int8_contract = contract.with_precision("int8")
+    proto = onnx.load_from_string(result.model)
+    embed_contract(proto, int8_contract)
+    path = out_dir / artifact_name(contract, "int8")
+    atomic_write_bytes(path, proto.SerializeToString())
+    total_s = time.perf_counter() - start
+    calibration = {"method": options.calib_method, "count": len(calib_faces), "seed": options.calib_seed,
+                   "source": faces.source, "hash": rkey.digest, "tensors_hash": tkey.digest,
+                   "cache": {"dir": str(cache.dir), "tensors_reused": tensors_hit, "ranges_reused": ranges_hit},
+                   "ranged_tensors": len(ranges), "ranges_seconds": round(ranges_s, 2)}
+    gate_report = {"rule": rule.describe(val_faces.labelled), "max_drop": options.max_drop,
+                   "min_agreement": options.min_agreement, "validation": val_faces.source,
+                   "validation_count": len(val_faces), "held_apart_from_calibration": not options.val,
+                   "before": result.before.as_dict(), "after": result.after.as_dict(),
+                   "kept_in_higher_precision": {"blocks": result.excluded_groups, "nodes": result.excluded_nodes},
+                   "sensitivity": [r.as_dict() for r in result.sensitivity], "steps": result.steps,
+                   "gate_seconds": round(result.seconds, 2), "total_seconds": round(total_s, 2)}
+    atomic_write_json(sidecar_path(path), {
+        "contract": int8_contract.to_dict(),
+        "artifact": {"kind": "onnx", "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                     "quantization": {"format": "QDQ", "target": options.target,
+                                      "activations": "int8 symmetric per-tensor" if options.target == "tensorrt"
+                                      else "uint8 asymmetric per-tensor (ONNX Runtime CPU only)",
+                                      "weights": "int8 symmetric per-channel (axis 0)",
+                                      "op_types": list(quantize.QUANTIZED_OP_TYPES), "bias": "float"},
+                     **graph_summary(proto)},
+        "calibration": calibration, "gate": gate_report,
+        "export": {"from": fp32_path.name, "from_sha256": sha256_file(fp32_path), "command": command or []},
+    })
+    kept = ", ".join(result.excluded_groups) or "none"
+    log(f"int8: method {options.calib_method}, {len(calib_faces)} calibration faces (hash {rkey.digest}); "
+        f"kept in higher precision: {kept}")
+    log(f"int8: before gate {result.before.line()}; after gate {result.after.line()}; {total_s:.1f} s")
+    return path
