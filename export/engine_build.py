@@ -23,7 +23,7 @@ from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json, 
 from fer_edge.runtime.contract import METADATA_KEY, ModelContract
 from fer_edge.runtime.engine_compat import HARDWARE_COMPAT_LEVELS
 from fer_edge.runtime.errors import ContractError, FerEdgeError, ModelLoadError
-from fer_edge.runtime.trt_import import TrtFlavour, import_builder
+from fer_edge.runtime.trt_import import TrtFlavour, import_builder, make_logger
 
 
 class EngineBuildError(FerEdgeError, RuntimeError):
@@ -208,22 +208,6 @@ class BuiltEngine:
     engine_meta: Dict[str, object] = field(default_factory=dict)
 
 
-class _BuildLogger:
-    @staticmethod
-    def create(trt, log):
-        class Logger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-                self.errors: List[str] = []
-
-            def log(self, severity, msg):
-                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                    self.errors.append(str(msg))
-                elif severity == trt.ILogger.Severity.WARNING and "timing cache" not in str(msg).lower():
-                    log(f"  TensorRT: {msg}")
-        return Logger()
-
-
 def build_target(flavour: TrtFlavour, config) -> Dict[str, object]:
     """What the engine is built for: the local GPU (TensorRT), or RTX compute-capability targets (no GPU needed)."""
     target: Dict[str, object] = {"machine": platform.machine()}
@@ -319,7 +303,7 @@ def build_engine(onnx_path: os.PathLike, out_dir: Optional[os.PathLike] = None,
     log(f"building {engine_path.name} from {onnx_path.name} ({contract.precision}, {trt_flavour.describe()}, "
         f"{'strongly typed' if strongly_typed else 'weakly typed'}, batch {options.batch})")
 
-    logger = _BuildLogger.create(trt, log)
+    logger = make_logger(trt, warn=log)
     builder = trt.Builder(logger)
     network, _parser = _parse(trt, builder, onnx_path, strongly_typed, logger)
     # Recorded from the parsed network itself, not from what we asked for.

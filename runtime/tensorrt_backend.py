@@ -24,7 +24,7 @@ from .contract import ModelContract
 from .cuda_buffers import IoBuffers, TensorSpec, batch_range, input_shape, load_cuda_api, nbytes
 from .engine_compat import RuntimeTarget, check_compatibility, rebuild_command, verify_engine_file
 from .errors import ContractError, ModelLoadError
-from .trt_import import RUNTIME_ORDER, TrtFlavour, import_first, import_flavour
+from .trt_import import RUNTIME_ORDER, TrtFlavour, import_first, import_flavour, make_logger
 
 TRT_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
               "BOOL": np.bool_, "UINT8": np.uint8, "BF16": None}
@@ -52,22 +52,6 @@ def pick_runtime_flavour(sidecar: Dict[str, Any], requested: Optional[str]) -> T
     return import_first(RUNTIME_ORDER, "running engines")
 
 
-class _Logger:
-    """Builds a trt.ILogger that keeps the last errors so a failed deserialisation can quote them."""
-
-    @staticmethod
-    def create(trt):
-        class Logger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-                self.errors: List[str] = []
-
-            def log(self, severity, msg):
-                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                    self.errors.append(str(msg))
-        return Logger()
-
-
 class TensorRTBackend:
     """Runs a serialized engine; see the module docstring for the threading and timing model."""
 
@@ -86,7 +70,7 @@ class TensorRTBackend:
                                                          platform.machine()))
         trt = self.flavour.module
         plan = Path(path).read_bytes()
-        self._logger = _Logger.create(trt)
+        self._logger = make_logger(trt)
         self._runtime = trt.Runtime(self._logger)
         if (sidecar.get("engine") or {}).get("version_compatible") and hasattr(self._runtime, "engine_host_code_allowed"):
             # VC plans embed the lean runtime (host code); the sha256 check above ties the file to our own build.

@@ -104,3 +104,19 @@ def import_builder(flavour: str = "auto") -> TrtFlavour:
         raise BackendUnavailableError(f"{chosen.describe()} has no Builder/OnnxParser (a runtime-only package); "
                                       f"install {INSTALL_HINTS['tensorrt']}")
     return chosen
+
+
+def make_logger(trt, warn=None):
+    """A trt.ILogger that keeps errors (so a failed build or deserialisation can quote them) and passes
+    warnings to `warn` when given; timing-cache chatter is dropped."""
+    class Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors = []
+
+        def log(self, severity, msg):
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(str(msg))
+            elif warn is not None and severity == trt.ILogger.Severity.WARNING and "timing cache" not in str(msg).lower():
+                warn(f"  TensorRT: {msg}")
+    return Logger()

@@ -535,7 +535,7 @@ def _fake_backend(monkeypatch, cuda_graph=None):
 
     flavour = type("F", (), {"module": FakeTrt, "name": "tensorrt", "version": "10.3.0"})()
     monkeypatch.setattr(tensorrt_backend, "pick_runtime_flavour", lambda s, f: flavour)
-    monkeypatch.setattr(tensorrt_backend._Logger, "create", staticmethod(lambda trt: type("L", (), {"errors": []})()))
+    monkeypatch.setattr(tensorrt_backend, "make_logger", lambda trt: type("L", (), {"errors": []})())
     contract = ModelContract(arch="tf_efficientnetv2_b0", labels=list("abcdefg"), input_size=32, channels=1,
                              color_order="GRAY", mean=[0.5], std=[0.5]).validate()
     import pathlib
