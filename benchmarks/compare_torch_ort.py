@@ -19,6 +19,8 @@ from typing import Dict, List
 import numpy as np
 from tqdm import tqdm
 
+from fer_edge.benchmarks.report import add_timing_arguments, environment, publish_result
+
 TARGET_SPEEDUP_B1 = 6.0
 
 
@@ -112,23 +114,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.compare_torch_ort", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="48,96", help="input sizes in px (default 48,96)")
-    parser.add_argument("--batch", default="1,32", help="batch sizes (default 1,32)")
-    parser.add_argument("--threads", type=int, default=2, help="threads for both PyTorch and ONNX Runtime (default 2)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed rounds first (default 10)")
-    parser.add_argument("--iterations", type=int, default=100, help="timed rounds per configuration (default 100)")
-    parser.add_argument("--out", metavar="STEM", help="also write STEM.md and STEM.json")
-    parser.add_argument("--no-progress", action="store_true")
+    add_timing_arguments(parser, warmup=10, iterations=100)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    from fer_edge.benchmarks.report import environment, environment_markdown
-    from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json
 
     rows = measure(parse_ints(args.sizes), parse_ints(args.batch), args.threads, args.warmup, args.iterations,
                    not args.no_progress)
     env = environment("python -m fer_edge.benchmarks.compare_torch_ort " + shlex.join(argv))
-    text = "\n\n".join([
-        "# ONNX Runtime vs PyTorch eager (CPU, FP32)",
-        environment_markdown(env),
+    publish_result(
+        "ONNX Runtime vs PyTorch eager (CPU, FP32)", env,
         f"tf_efficientnetv2_b0, 1 channel, 7 classes, **random weights** (latency does not depend on them). "
         f"{args.threads} threads for both (torch.set_num_threads, ORT intra-op; ORT spin-waiting off so its idle "
         f"workers do not take the cores from PyTorch's next call). Inference only, on the same "
@@ -136,11 +130,7 @@ def main(argv=None) -> int:
         f"(PyTorch call, then ORT call) after {args.warmup} warm-up rounds; trtexec-style percentiles. "
         "On a shared host (see the load average) p50/p90 include time spent waiting for a CPU, which hurts "
         "PyTorch's thread pool more than ONNX Runtime's; min approximates the uncontended time.",
-        markdown(rows), "**Verdict:** " + verdict(rows)])
-    print(text)
-    if args.out:
-        atomic_write_bytes(Path(args.out + ".md"), (text + "\n").encode())
-        atomic_write_json(Path(args.out + ".json"), {"env": env, "rows": rows, "verdict": verdict(rows)})
+        markdown(rows), verdict(rows), rows, args.out)
     return 0
 
 

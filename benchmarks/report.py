@@ -131,3 +131,23 @@ def environment_markdown(env: Dict[str, object]) -> str:
     if env.get("load_average"):
         lines.append(f"- Load average at the end (1/5/15 min): {env['load_average']}")
     return "\n".join(lines)
+
+
+def add_timing_arguments(parser, warmup: int, iterations: int) -> None:
+    """The options every side-by-side latency script shares."""
+    parser.add_argument("--batch", default="1,32", help="batch sizes (default 1,32)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per runtime (default 2)")
+    parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed rounds first (default {warmup})")
+    parser.add_argument("--iterations", type=int, default=iterations, help=f"timed rounds per configuration (default {iterations})")
+    parser.add_argument("--out", metavar="STEM", help="also write STEM.md and STEM.json")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def publish_result(title: str, env: Dict[str, object], method: str, table: str, verdict: str, rows, out) -> str:
+    """Print a committed-result page (title, environment, method, table, verdict); write STEM.md/.json with --out."""
+    text = "\n\n".join([f"# {title}", environment_markdown(env), method, table, "**Verdict:** " + verdict])
+    print(text)
+    if out:
+        atomic_write_bytes(Path(out + ".md"), (text + "\n").encode())
+        atomic_write_json(Path(out + ".json"), {"env": env, "rows": rows, "verdict": verdict})
+    return text

@@ -20,6 +20,8 @@ from typing import Dict, List
 import numpy as np
 from tqdm import tqdm
 
+from fer_edge.benchmarks.report import add_timing_arguments, environment, publish_result
+
 TARGET_OVERHEAD_B1 = 0.10
 
 
@@ -75,17 +77,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.runtime_overhead", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", metavar="PATH", help="an .onnx artifact (default: export a random-weight 48 px model)")
-    parser.add_argument("--batch", default="1,32", help="batch sizes (default 1,32)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed rounds first (default 20)")
-    parser.add_argument("--iterations", type=int, default=300, help="timed rounds per batch size (default 300)")
-    parser.add_argument("--out", metavar="STEM", help="also write STEM.md and STEM.json")
-    parser.add_argument("--no-progress", action="store_true")
+    add_timing_arguments(parser, warmup=20, iterations=300)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     from fer_edge.benchmarks.compare_torch_ort import parse_ints
-    from fer_edge.benchmarks.report import environment, environment_markdown
-    from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json
     from fer_edge.runtime.errors import FerEdgeError
     from fer_edge.runtime.model import load
 
@@ -104,9 +99,8 @@ def main(argv=None) -> int:
             return 2
         rows = measure(model, batches, args.warmup, args.iterations, not args.no_progress)
     env = environment("python -m fer_edge.benchmarks.runtime_overhead " + shlex.join(argv))
-    text = "\n\n".join([
-        "# Runtime overhead: model.predict() vs a bare InferenceSession.run",
-        environment_markdown(env),
+    publish_result(
+        "Runtime overhead: model.predict() vs a bare InferenceSession.run", env,
         f"Model: {weights}; ONNX Runtime CPU, {args.threads} intra-op threads, one session shared by both paths. "
         "`predict` takes uint8 48x48 gray crops (one 2-D crop at batch 1, an (N, 48, 48) array at batch N) and "
         "returns FacePrediction objects; the bare call runs the same session on a tensor prepared once. "
@@ -114,11 +108,7 @@ def main(argv=None) -> int:
         "Overhead = predict / bare - 1; paired median diff = median over rounds of (predict - bare) in the same round. "
         "On a shared host (see the load average) p50 includes time spent waiting for a CPU; min approximates "
         "the uncontended time.",
-        markdown(rows), "**Verdict:** " + verdict(rows)])
-    print(text)
-    if args.out:
-        atomic_write_bytes(Path(args.out + ".md"), (text + "\n").encode())
-        atomic_write_json(Path(args.out + ".json"), {"env": env, "rows": rows, "verdict": verdict(rows)})
+        markdown(rows), verdict(rows), rows, args.out)
     return 0
 
 

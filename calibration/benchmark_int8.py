@@ -51,8 +51,9 @@ def _versions() -> Dict[str, str]:
 
 def latency(models: Dict[str, bytes], channels: int, size: int, batches=(1, 32), threads: int = 2,
             rounds: Dict[int, int] = None) -> List[Dict[str, object]]:
-    """p50/p90 ms per model and batch, runs interleaved round-robin so machine noise hits all alike."""
+    """p50/p90 ms per model and batch, interleaved round-robin (benchmarks/latency) so noise hits all alike."""
     import onnxruntime as ort
+    from fer_edge.benchmarks.latency import discard, run_interleaved, summarize
     rounds = rounds or {1: 300, 32: 40}
     sessions = {}
     for name, payload in models.items():
@@ -64,51 +65,23 @@ def latency(models: Dict[str, bytes], channels: int, size: int, batches=(1, 32),
     rng = np.random.default_rng(0)
     for batch in batches:
         x = rng.standard_normal((batch, channels, size, size)).astype(np.float32)
-        times = {name: [] for name in sessions}
-        for session in sessions.values():
-            for _ in range(5):
-                session.run(None, {"input": x})
-        for _ in range(rounds.get(batch, 30)):
-            for name, session in sessions.items():
-                t0 = time.perf_counter()
-                session.run(None, {"input": x})
-                times[name].append((time.perf_counter() - t0) * 1e3)
-        base = float(np.median(times[next(iter(times))]))
-        for name, values in times.items():
-            p50 = float(np.median(values))
-            rows.append({"model": name, "batch": batch, "p50_ms": round(p50, 3),
-                         "p90_ms": round(float(np.percentile(values, 90)), 3), "runs": len(values),
-                         "speed_vs_first": round(base / p50, 3)})
+        calls = {name: (lambda s=session: discard(s.run(None, {s.get_inputs()[0].name: x})))
+                 for name, session in sessions.items()}
+        stats = {name: summarize(ms, batch) for name, ms in
+                 run_interleaved(calls, warmup=5, iterations=rounds.get(batch, 30)).items()}
+        base = stats[next(iter(stats))]["p50_ms"]
+        for name, stat in stats.items():
+            rows.append({"model": name, "batch": batch, "p50_ms": round(stat["p50_ms"], 3),
+                         "p90_ms": round(stat["p90_ms"], 3), "runs": stat["iterations"],
+                         "speed_vs_first": round(base / stat["p50_ms"], 3)})
     return rows
 
 
-def export_unslimmed(checkpoint: str, out_dir: Path) -> Path:
-    """FP32 artifact straight from torch.onnx.export, skipping onnxslim. Written when onnxslim 0.1.98 changed the
-    outputs of the exporter's 48 px graphs (max |dlogit| ~0.25; since fixed in the exporter); it keeps the
-    benchmark independent of fer-export. The un-slimmed graph matches PyTorch to ~2e-7."""
-    import io
-    import warnings
-    import onnx
-    import torch
-    from fer_edge.export.exporter import artifact_name, prepare_model
-    from fer_edge.export.onnx_export import embed_contract
-    prepared = prepare_model(checkpoint)
-    contract = prepared.contract
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(prepared.model, (torch.zeros(1, contract.channels, contract.input_size, contract.input_size),),
-                          buffer, opset_version=17, dynamo=False, input_names=[contract.input_name],
-                          output_names=[contract.output_name], do_constant_folding=True,
-                          dynamic_axes={contract.input_name: {0: "batch"}, contract.output_name: {0: "batch"}})
-    proto = onnx.load_from_string(buffer.getvalue())
-    embed_contract(proto, contract)
-    path = out_dir / artifact_name(contract, "fp32")
-    atomic_write_bytes(path, proto.SerializeToString())
-    atomic_write_json(Path(str(path) + ".json"), {"contract": contract.to_dict(),
-                                                  "artifact": {"kind": "onnx", "file": path.name,
-                                                               "note": "un-slimmed export (benchmark_int8)"}})
-    return path
+def export_checkpoint(checkpoint: str, out_dir: Path, parity_data: str, parity_split: Optional[str]) -> Path:
+    """FP32 artifact through fer-export's own path (parity-checked on 512 validation faces)."""
+    from fer_edge.export.exporter import export_model
+    return export_model(checkpoint=checkpoint, out_dir=str(out_dir), parity_data=parity_data, parity_split=parity_split,
+                        parity_count=512)["fp32"].path
 
 
 def run(fp32: Path, calib: str, calib_split: Optional[str], val: str, val_split: Optional[str], methods: List[str],
@@ -205,8 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--fp32", help="FP32 ONNX artifact written by fer-export")
-    source.add_argument("--checkpoint", help="export this checkpoint to FP32 ONNX here, without onnxslim "
-                                             "(see export_unslimmed)")
+    source.add_argument("--checkpoint", help="export this checkpoint to FP32 ONNX first, as fer-export does")
     parser.add_argument("--calib", required=True)
     parser.add_argument("--calib-split")
     parser.add_argument("--val", required=True)
@@ -218,7 +190,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m fer_edge.calibration.benchmark_int8 " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     try:
-        fp32 = Path(args.fp32) if args.fp32 else export_unslimmed(args.checkpoint, Path(tempfile.mkdtemp(prefix="fer-int8-fp32-")))
+        fp32 = Path(args.fp32) if args.fp32 else export_checkpoint(
+            args.checkpoint, Path(tempfile.mkdtemp(prefix="fer-int8-fp32-")), args.val, args.val_split)
         run(fp32, args.calib, args.calib_split, args.val, args.val_split, args.methods.split(","),
             args.calib_count, Path(args.out), command, args.note)
     except FerEdgeError as exc:
