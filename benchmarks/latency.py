@@ -63,16 +63,22 @@ def summarize(samples_ms: Sequence[float], batch: int) -> Dict[str, float]:
 
 def run_interleaved(calls: Dict[str, Callable[[], Optional[Dict[str, float]]]], warmup: int,
                     iterations: Optional[int] = None, duration_s: Optional[float] = None,
-                    progress=None) -> Dict[str, List[float]]:
+                    progress=None, block: int = 1, settle: int = 0) -> Dict[str, List[float]]:
     """Call each function in turn, round after round, and collect milliseconds per name.
 
     Interleaving puts every variant under the same machine noise, so their ratios are fair on a
     shared, busy host. A call may return a dict of stage -> ms (e.g. GPU-side timings); those stages
     are collected too, under their own names. Stop after `iterations` rounds, or once `duration_s`
     seconds of rounds have run (at least MIN_ITERATIONS).
+
+    With `block` > 1 each round calls every function `block` times in a row and drops the first `settle`
+    timings of each block: runtimes whose idle threads spin-wait (ONNX Runtime, OpenMP) then run with their
+    default settings without their spinning threads being timed against the next runtime's first calls.
     """
     if (iterations is None) == (duration_s is None):
         raise ValueError("give exactly one of iterations or duration_s")
+    if block < 1 or not 0 <= settle < block:
+        raise ValueError(f"need block >= 1 and 0 <= settle < block, got block={block}, settle={settle}")
     for _ in range(max(0, warmup)):
         for fn in calls.values():
             fn()
@@ -81,14 +87,17 @@ def run_interleaved(calls: Dict[str, Callable[[], Optional[Dict[str, float]]]], 
     rounds = 0
     while True:
         for name, fn in calls.items():
-            t0 = time.perf_counter()
-            stages = fn()
-            wall_ms = (time.perf_counter() - t0) * 1000.0
-            stages = dict(stages or {})
-            # A backend-reported value under the call's own name replaces the host wall time.
-            samples[name].append(float(stages.pop(name, wall_ms)))
-            for stage, ms in stages.items():
-                samples.setdefault(stage, []).append(float(ms))
+            for call in range(block):
+                t0 = time.perf_counter()
+                stages = fn()
+                wall_ms = (time.perf_counter() - t0) * 1000.0
+                if call < settle:
+                    continue
+                stages = dict(stages or {})
+                # A backend-reported value under the call's own name replaces the host wall time.
+                samples[name].append(float(stages.pop(name, wall_ms)))
+                for stage, ms in stages.items():
+                    samples.setdefault(stage, []).append(float(ms))
         rounds += 1
         if progress is not None:
             progress.update(1)

@@ -13,7 +13,7 @@ import pytest
 from conftest import FER2013_LABELS, PUBLICTEST_NPZ, has_torch_stack, needs_export_stack, needs_shared, synthetic_faces
 from fer_edge.benchmarks import cli
 from fer_edge.benchmarks.accuracy import agreement, classification_metrics
-from fer_edge.benchmarks.latency import STAT_KEYS, measure_model, percentile, summarize
+from fer_edge.benchmarks.latency import STAT_KEYS, measure_model, percentile, run_interleaved, summarize
 
 FAST = ["--iterations", "3", "--warmup", "1", "--threads", "1", "--no-progress"]
 
@@ -31,6 +31,18 @@ def test_summarize_uses_trtexec_percentiles():
     assert percentile([7.0], 99) == 7.0
     with pytest.raises(ValueError, match="at least one"):
         summarize([], 1)
+
+
+def test_run_interleaved_blocks_drop_settling_calls():
+    """Blocks of calls per runtime, the first `settle` of each block untimed; rounds stay interleaved."""
+    order = []
+    calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    samples = run_interleaved(calls, warmup=1, iterations=3, block=4, settle=1)
+    assert order[:2] == ["a", "b"]  # warm-up: one call each
+    assert order[2:] == (["a"] * 4 + ["b"] * 4) * 3
+    assert {k: len(v) for k, v in samples.items()} == {"a": 9, "b": 9}
+    with pytest.raises(ValueError, match="settle"):
+        run_interleaved(calls, warmup=0, iterations=1, block=2, settle=2)
 
 
 def test_classification_metrics_and_agreement():

@@ -125,6 +125,21 @@ def test_lr_schedule_warmup_and_cosine_end():
     assert T.lr_factor(55, 100, 10, 0.01) == pytest.approx(0.505)
 
 
+def test_zero_init_head_starts_at_uniform_prediction():
+    """With zero_init_head the first training loss is ln(classes); timm's default head starts far above it."""
+    import math
+    import torch
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    x, y = torch.rand(32, 1, 32, 32) * 2 - 1, torch.arange(32) % 7
+    losses = {}
+    for zero in (False, True):
+        model = T.build_model("tf_efficientnetv2_b0", 7, 1, zero_init_head=zero).train()
+        losses[zero] = float(F.cross_entropy(model(x), y))
+    assert losses[True] == pytest.approx(math.log(7), abs=1e-5)
+    assert losses[False] > math.log(7) + 0.5
+
+
 def test_config_files_and_overrides():
     for name in ("config_cpu.json", "config_default.json"):
         cfg = T.load_config(str(REPO / "training" / name))

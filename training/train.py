@@ -93,11 +93,21 @@ def hardware_string(device) -> str:
     return f"{name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
-def build_model(arch: str, num_classes: int, in_chans: int = 1, drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+def build_model(arch: str, num_classes: int, in_chans: int = 1, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                zero_init_head: bool = False):
     from fer_edge.export.timm_compat import import_timm
+    import torch
     timm = import_timm()
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                             drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                              drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    if zero_init_head:
+        # timm's classifier init gives train-mode logits with std ~3 over 1280 features, so training starts
+        # at a cross-entropy of 4-7 instead of ln(classes) and spends its first epochs undoing that.
+        head = model.get_classifier()
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.zero_()
+    return model
 
 
 def pick_device(name: str):
@@ -223,7 +233,8 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
     print(f"data: train {len(train_split)} {dict(zip(labels, counts.tolist()))}, PublicTest {len(val_split)}; "
           f"prepared at {cfg['img_size']} px in {time.time() - t0:.1f}s; device {device}", flush=True)
 
-    model = build_model(cfg["arch"], len(labels), 1, cfg["drop_rate"], cfg["drop_path_rate"]).to(device)
+    model = build_model(cfg["arch"], len(labels), 1, cfg["drop_rate"], cfg["drop_path_rate"],
+                        cfg["zero_init_head"]).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, cfg["ema_decay"])
