@@ -90,9 +90,10 @@ def _read_csv(path: Path, split: Optional[str], labels) -> FaceSet:
 def _read_npz(path: Path, split: Optional[str], labels) -> FaceSet:
     try:
         data = np.load(path, allow_pickle=False)
-        x, y = data["x"], data["y"]
+        x = data["x"]
+        y = data["y"] if "y" in data.files else None  # no 'y': unlabelled faces (calibration, agreement only)
     except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: expected an npz with arrays 'x' (uint8 [N,H,W]) and 'y' ({exc})") from None
+        raise DataError(f"{path}: expected an npz with arrays 'x' (uint8 [N,H,W]) and optionally 'y' ({exc})") from None
     if x.dtype != np.uint8 or x.ndim not in (3, 4):
         raise DataError(f"{path}: 'x' must be uint8 [N,H,W] or [N,H,W,C], got {x.dtype} {x.shape}")
     names = [str(n) for n in data["class_names"]] if "class_names" in data.files else list(FER2013_LABELS)
@@ -103,9 +104,11 @@ def _read_npz(path: Path, split: Optional[str], labels) -> FaceSet:
         if split not in split_names:
             raise DataError(f"{path}: unknown split {split!r}; this file knows {split_names}")
         keep = data["split"] == split_names.index(split)
-        x, y = x[keep], y[keep]
+        x, y = x[keep], (None if y is None else y[keep])
         if len(x) == 0:
             raise DataError(f"{path}: no rows in split {split!r}")
+    if y is None:
+        return FaceSet(x, None, [], path.name + (f" [{split}]" if split else ""))
     t, names = _remap(np.asarray(y), names, labels)
     return FaceSet(x, t, names, path.name + (f" [{split}]" if split else ""))
 
@@ -155,7 +158,7 @@ def _stack(images: List[np.ndarray]):
 
 def load_faces(path: os.PathLike, labels: Optional[Sequence[str]] = None, split: Optional[str] = None,
                limit: Optional[int] = None) -> FaceSet:
-    """Read faces from a fer2013.csv, an npz (x, y[, split, class_names]) or an image folder.
+    """Read faces from a fer2013.csv, an npz (x[, y, split, class_names]) or an image folder.
 
     labels: the model's labels; source classes are matched to them by name (synonyms such as
     'happiness'/'happy' match), and targets come back in the model's order.

@@ -10,11 +10,8 @@ Writes <out>.md and <out>.json. Every calibration runs with a fresh cache, so ti
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,30 +20,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from fer_edge.benchmarks.report import environment, environment_markdown
 from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json, sidecar_contract
 from fer_edge.runtime.errors import FerEdgeError
 
 from .int8_export import Int8Options, export_int8
 from .quantize import METHODS
-
-
-def _machine() -> Dict[str, str]:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")), "?")
-    except OSError:
-        model = "?"
-    import os
-    return {"cpu": model, "cores": str(os.cpu_count()), "python": platform.python_version(),
-            "load_average_at_start": " ".join(f"{v:.1f}" for v in os.getloadavg())}
-
-
-def _versions() -> Dict[str, str]:
-    import onnx
-    import onnxruntime
-    import fer_edge
-    return {"fer_edge": fer_edge.__version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
-            "numpy": np.__version__}
 
 
 def latency(models: Dict[str, bytes], channels: int, size: int, batches=(1, 32), threads: int = 2,
@@ -85,17 +64,22 @@ def export_checkpoint(checkpoint: str, out_dir: Path, parity_data: str, parity_s
 
 
 def run(fp32: Path, calib: str, calib_split: Optional[str], val: str, val_split: Optional[str], methods: List[str],
-        count: int, out: Path, command: str, note: str = "") -> Dict[str, object]:
+        count: int, out: Path, command: str, note: str = "", synthetic: Optional[str] = None) -> Dict[str, object]:
+    import onnx
     contract = sidecar_contract(fp32)
     if contract is None:
         raise FerEdgeError(f"{fp32}: no sidecar; pass an FP32 artifact written by fer-export")
-    results = {"command": command, "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": _machine(), "versions": _versions(), "model": fp32.name,
+    env = environment(command)
+    env["onnx"] = onnx.__version__
+    results = {"env": env, "model": fp32.name,
                "weights_sha256": contract.source_weights_sha256, "calibration_source": calib,
                "calibration_split": calib_split, "validation": val, "validation_split": val_split,
                "count": count, "note": note, "runs": []}
     artifacts = {}
     plans = [(m, calib, calib_split, "tensorrt", "auto") for m in methods]
+    if synthetic:
+        # The shipped synthetic set against real faces: same method, count and validation faces.
+        plans.append((methods[0], synthetic, None, "tensorrt", "auto"))
     plans.append((methods[0], calib, calib_split, "cpu", "auto"))
     # A stricter gate (agreement >= 99.5%) exercises the sensitivity fallback on real faces.
     plans.append((methods[0], calib, calib_split, "tensorrt", "agreement"))
@@ -140,13 +124,9 @@ def _pct(v):
 
 
 def render(r: Dict[str, object]) -> str:
-    m, v = r["machine"], r["versions"]
     lines = [f"# INT8 calibration, accuracy gate and CPU latency: {r['model']}", "",
              *([r["note"], ""] if r.get("note") else []),
-             f"- Date: {r['date_utc']}", f"- Command: `{r['command']}`",
-             f"- Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; load average at start "
-             f"{m['load_average_at_start']} (shared, noisy machine: a CPU training job was running)",
-             "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+             environment_markdown(r["env"]), f"- onnx {r['env']['onnx']}",
              f"- Weights sha256: `{r['weights_sha256']}`",
              f"- Calibration: {r['count']} faces from `{r['calibration_source']}`"
              + (f" [{r['calibration_split']}]" if r['calibration_split'] else "") + ", stratified by class, seed 0",
@@ -185,6 +165,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--val-split")
     parser.add_argument("--methods", default="max,percentile,entropy", help=f"comma list of {METHODS}")
     parser.add_argument("--calib-count", type=int, default=512)
+    parser.add_argument("--synthetic", metavar="PATH|shipped",
+                        help="also calibrate on this unlabelled synthetic set ('shipped': the set fer-export --int8 "
+                             "uses for the bundled model) and gate it on the same --val faces")
     parser.add_argument("--note", default="", help="a line printed under the title (e.g. which model this is)")
     parser.add_argument("--out", default="benchmarks/results/int8_reference", help="output stem (.md and .json)")
     args = parser.parse_args(argv)
@@ -192,8 +175,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         fp32 = Path(args.fp32) if args.fp32 else export_checkpoint(
             args.checkpoint, Path(tempfile.mkdtemp(prefix="fer-int8-fp32-")), args.val, args.val_split)
+        synthetic = args.synthetic
+        if synthetic == "shipped":
+            from .synthesize import shipped_set_for_reference_model
+            synthetic = str(shipped_set_for_reference_model())
         run(fp32, args.calib, args.calib_split, args.val, args.val_split, args.methods.split(","),
-            args.calib_count, Path(args.out), command, args.note)
+            args.calib_count, Path(args.out), command, args.note, synthetic)
     except FerEdgeError as exc:
         print(f"benchmark_int8: error: {exc}", file=sys.stderr)
         return 2

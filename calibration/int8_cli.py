@@ -10,10 +10,11 @@ from .quantize import METHODS, TARGETS
 from .sources import DEFAULT_FRAME_STEP
 
 INT8_EXAMPLES = """int8 examples:
+  fer-export --int8                                  # bundled model, shipped synthetic calibration set
   fer-export --int8 --calib ../shared/data/fer2013/fer2013_train_1of2.npz --calib-split Training \\
              --val ../shared/data/fer2013/fer2013_publictest.npz
   fer-export --checkpoint best.pt --int8 --calib faces/ --calib-count 256   # validates on held-apart faces/
-  fer-export --int8 --calib kiosk.mp4 --calib-frame-step 10                 # unlabelled: gate on agreement
+  fer-export --int8 --calib kiosk.mp4 --calib-frame-step 10   # faces cut by Haar; unlabelled: gate on agreement
 """
 
 
@@ -45,7 +46,8 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--int8", action="store_true", help="also write <name>_int8.onnx (needs --calib for your own checkpoint)")
     group.add_argument("--calib", metavar="PATH",
                        help="calibration faces: image folder (class subfolders optional), video file, fer2013.csv or "
-                            ".npz; required, also for the bundled model (fer-edge ships no face images)")
+                            ".npz; required for your own checkpoint. Without it the bundled model is calibrated on "
+                            "the shipped synthetic set (images made from the model's BatchNorm statistics, no faces)")
     group.add_argument("--calib-split", metavar="SPLIT", help="split of a csv/npz calibration source, e.g. Training")
     group.add_argument("--calib-count", type=_positive_int, default=512, metavar="N",
                        help="calibration images, stratified by class when labelled (default 512)")
@@ -53,7 +55,11 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"activation range method (default {DEFAULT_METHOD}; entropy uses 2048 bins)")
     group.add_argument("--calib-seed", type=int, default=0, metavar="N", help="sampling seed (default 0)")
     group.add_argument("--calib-frame-step", type=_positive_int, default=DEFAULT_FRAME_STEP, metavar="N",
-                       help=f"videos: use every Nth frame, whole frame as the crop (default {DEFAULT_FRAME_STEP})")
+                       help=f"videos: use every Nth frame (default {DEFAULT_FRAME_STEP})")
+    group.add_argument("--calib-detector", metavar="PATH|none",
+                       help="videos: face detector that cuts the calibration faces: a YuNet .onnx "
+                            "(e.g. face_detection_yunet_2023mar.onnx), or 'none' to use whole frames as crops "
+                            "(default: OpenCV's bundled Haar cascade)")
     group.add_argument("--calib-cache", metavar="DIR", help="calibration cache folder (default <out>/.calib-cache)")
     group.add_argument("--val", metavar="PATH",
                        help="labelled validation faces for the gate, any --calib format (default: a held-apart slice "
@@ -74,7 +80,8 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> Int8Options:
     return Int8Options(calib=args.calib, calib_split=args.calib_split, calib_count=args.calib_count,
                        calib_method=args.calib_method, calib_seed=args.calib_seed,
-                       calib_frame_step=args.calib_frame_step, calib_cache=args.calib_cache, val=args.val,
+                       calib_frame_step=args.calib_frame_step, calib_detector=args.calib_detector,
+                       calib_cache=args.calib_cache, val=args.val,
                        val_split=args.val_split, max_drop=args.max_drop, min_agreement=args.min_agreement,
                        target=args.int8_target, gate_on=args.gate_on)
 

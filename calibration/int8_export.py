@@ -33,6 +33,7 @@ class Int8Options:
     calib_method: str = DEFAULT_METHOD
     calib_seed: int = 0
     calib_frame_step: int = sources.DEFAULT_FRAME_STEP
+    calib_detector: Optional[str] = None  # videos: YuNet .onnx path, None for Haar, "none" for whole frames
     calib_cache: Optional[str] = None
     val: Optional[str] = None
     val_split: Optional[str] = None
@@ -49,9 +50,9 @@ def resolve_calibration(options: Int8Options, reference_model: bool) -> str:
             raise DataError(f"--calib {options.calib}: no such file or folder. " + sources.WHAT_CALIBRATION_IS)
         return options.calib
     if reference_model:
-        # The project may not ship FER-2013 faces, and no synthetic set is shipped yet (docs/int8.md).
-        raise DataError("--int8 on the bundled reference model needs --calib PATH: fer-edge ships no calibration "
-                        "images. " + sources.WHAT_CALIBRATION_IS)
+        # The project may not ship FER-2013 faces; it ships images synthesised from the model itself.
+        from .synthesize import shipped_set_for_reference_model
+        return str(shipped_set_for_reference_model())
     raise DataError("--int8 needs --calib PATH for your checkpoint. " + sources.WHAT_CALIBRATION_IS)
 
 
@@ -104,10 +105,17 @@ def export_int8(fp32_path: Path, options: Int8Options, calib_source: str, out_di
     out_dir = Path(out_dir) if out_dir else fp32_path.parent
     fp32 = fp32_path.read_bytes()
 
-    faces = sources.load_source(calib_source, contract.labels, options.calib_split, options.calib_frame_step)
+    from .synthesize import SHIPPED_SET
+    if Path(calib_source).resolve() == SHIPPED_SET:
+        log(f"calibration: no --calib given, so the shipped synthetic set {SHIPPED_SET.name} is used: images "
+            "synthesised from the reference model's own BatchNorm statistics (no faces). Real faces from your "
+            "camera calibrate better: pass --calib PATH (docs/int8.md compares the two).")
+    faces = sources.load_source(calib_source, contract.labels, options.calib_split, options.calib_frame_step,
+                                contract=contract, detector=options.calib_detector)
     sources.check_fits_model(faces, contract, "calibration")
     if options.val:
-        val_faces = sources.load_source(options.val, contract.labels, options.val_split, options.calib_frame_step)
+        val_faces = sources.load_source(options.val, contract.labels, options.val_split, options.calib_frame_step,
+                                        contract=contract, detector=options.calib_detector)
         sources.check_fits_model(val_faces, contract, "validation")
         calib_faces, _ = sources.split_calibration(faces, options.calib_count, options.calib_seed, holdout=False)
     else:

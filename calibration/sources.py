@@ -1,14 +1,16 @@
 """Calibration and validation face sets: read a source, check it fits the model, pick a stratified sample.
 
 Sources: fer2013.csv, the FER-2013 npz files and image folders (via benchmarks.datasets.load_faces)
-and video files (every Nth whole frame; face detection is not applied yet, so use videos of
-cropped faces). Everything stays uint8; the contract's `prepare_batch` makes the tensors.
+and video files. From a video every Nth frame is read; with the model contract the faces in it are
+found (YuNet .onnx or OpenCV's Haar cascade) and cut by the contract's crop policy
+(calibration.video_faces); without a contract, or with detector="none", each whole frame is one crop.
+Everything stays uint8; the contract's `prepare_batch` makes the tensors.
 """
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,8 +28,8 @@ WHAT_CALIBRATION_IS = (
     "and y (labels).")
 
 
-def read_video_frames(path: Path, step: int = DEFAULT_FRAME_STEP) -> FaceSet:
-    """Every `step`-th frame of a video, whole frame as the crop (no face detection yet)."""
+def open_video(path: Path, step: int):
+    """(cv2.VideoCapture, number of frames `step` will sample or 0 if the container does not say)."""
     import cv2
     if step < 1:
         raise DataError(f"--calib-frame-step {step}: must be 1 or more")
@@ -35,30 +37,59 @@ def read_video_frames(path: Path, step: int = DEFAULT_FRAME_STEP) -> FaceSet:
     if not capture.isOpened():
         raise DataError(f"{path}: OpenCV cannot open this video (unsupported codec or not a video); "
                         "convert it to .mp4 (H.264) or extract frames into an image folder")
-    frames, index = [], 0
-    try:
-        while True:
-            ok, frame = capture.read()
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    return capture, (count + step - 1) // step if count > 0 else 0
+
+
+def sampled_frames(capture, step: int) -> Iterator[np.ndarray]:
+    """Frames 0, step, 2*step, ... of an open capture."""
+    index = 0
+    while True:
+        # grab() skips the colour conversion of frames that are not sampled.
+        if not capture.grab():
+            return
+        if index % step == 0:
+            ok, frame = capture.retrieve()
             if not ok:
-                break
-            if index % step == 0:
-                frames.append(frame)
-            index += 1
+                return
+            yield frame
+        index += 1
+
+
+def read_video_frames(path: Path, step: int = DEFAULT_FRAME_STEP, why: str = "") -> FaceSet:
+    """Every `step`-th frame of a video, whole frame as the crop (no face detection)."""
+    from fer_edge.calibration.video_faces import every_nth
+    capture, _ = open_video(path, step)
+    try:
+        frames = list(sampled_frames(capture, step))
     finally:
         capture.release()
     if not frames:
         raise DataError(f"{path}: no frames could be decoded from this video")
-    return FaceSet(np.stack(frames), None, [], f"{path.name} (every {step}th frame)")
+    return FaceSet(np.stack(frames), None, [], f"{path.name} ({every_nth(step)}, whole frames{why})")
 
 
 def load_source(path: str, labels: Optional[Sequence[str]] = None, split: Optional[str] = None,
-                frame_step: int = DEFAULT_FRAME_STEP) -> FaceSet:
-    """Read a calibration or validation source of any supported kind."""
+                frame_step: int = DEFAULT_FRAME_STEP, contract: Optional[ModelContract] = None,
+                detector: Optional[str] = None) -> FaceSet:
+    """Read a calibration or validation source of any supported kind.
+
+    Videos: with `contract`, the faces found by `detector` (a YuNet .onnx path, or None for OpenCV's Haar
+    cascade) are cut by the contract's crop policy; detector="none" (or no contract) uses whole frames.
+    """
     source = Path(path)
     if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
         if split:
             raise DataError(f"{source}: --calib-split applies to fer2013.csv and npz files, not to videos")
-        return read_video_frames(source, frame_step)
+        if isinstance(detector, str) and detector.strip().lower() == "none":
+            return read_video_frames(source, frame_step, ", face detection off (detector none)")
+        if contract is None:
+            if detector is not None:
+                raise DataError(f"{source}: face detection needs the model contract (its crop margin) to cut "
+                                "faces; pass contract=..., or detector='none' for whole frames")
+            return read_video_frames(source, frame_step)
+        from fer_edge.calibration.video_faces import video_face_crops
+        return video_face_crops(source, contract, frame_step, detector)
     return load_faces(source, labels=labels, split=split)
 
 

@@ -110,10 +110,36 @@ def test_fewer_images_than_count_is_a_clear_error(tmp_path):
 def test_no_calib_for_a_user_checkpoint_explains_what_calibration_is():
     with pytest.raises(DataError, match="representative face crops"):
         resolve_calibration(Int8Options(), reference_model=False)
-    with pytest.raises(DataError, match="reference model needs --calib PATH"):
-        resolve_calibration(Int8Options(), reference_model=True)
     with pytest.raises(DataError, match="no such file"):
         resolve_calibration(Int8Options(calib="/nonexistent/faces"), reference_model=False)
+
+
+def test_reference_model_without_calib_uses_the_shipped_synthetic_set():
+    from fer_edge.calibration.synthesize import SHIPPED_SET
+    assert resolve_calibration(Int8Options(), reference_model=True) == str(SHIPPED_SET)
+    assert resolve_calibration(Int8Options(calib=str(SHIPPED_SET)), reference_model=False) == str(SHIPPED_SET)
+
+
+def test_shipped_synthetic_set_is_unlabelled_and_made_from_the_shipped_weights():
+    from fer_edge.calibration.synthesize import SHIPPED_SET, read_provenance
+    from fer_edge.export.checkpoint import REFERENCE_MODEL
+    from fer_edge.runtime.artifact_io import sha256_file
+    provenance = read_provenance(SHIPPED_SET)
+    assert provenance["weights_sha256"] == sha256_file(REFERENCE_MODEL)
+    faces = sources.load_source(str(SHIPPED_SET))
+    assert not faces.labelled and faces.images.dtype == np.uint8
+    assert faces.images.shape[1:] == (provenance["input_size"],) * 2 and len(faces) >= 512 + 64
+    # Not blank and not saturated: the images span the pixel range the way faces do.
+    assert 20 < faces.images.std() < 100 and 60 < faces.images.mean() < 200
+
+
+def test_stale_synthetic_set_is_refused_with_the_regenerate_command(tmp_path, monkeypatch):
+    from fer_edge.export import checkpoint
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"other weights")
+    monkeypatch.setattr(checkpoint, "REFERENCE_MODEL", other)
+    with pytest.raises(DataError, match="synthesised from other weights.*fer_edge.calibration.synthesize"):
+        resolve_calibration(Int8Options(), reference_model=True)
 
 
 def test_cli_refuses_int8_without_calib_before_exporting(tmp_path):

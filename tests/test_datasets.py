@@ -80,6 +80,15 @@ def test_npz_without_arrays_is_a_data_error(tmp_path):
         load_faces(path)
 
 
+def test_npz_without_labels_is_an_unlabelled_set(tmp_path):
+    path = tmp_path / "unlabelled.npz"
+    x = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    np.savez(path, x=x)
+    faces = load_faces(path)
+    assert not faces.labelled and faces.targets is None and len(faces) == 5
+    np.testing.assert_array_equal(faces.images, x)
+
+
 def test_targets_follow_the_model_label_order(synthetic_npz, fer_csv):
     fer = load_faces(synthetic_npz)
     plus = load_faces(synthetic_npz, labels=FERPLUS_LABELS)

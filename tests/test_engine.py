@@ -33,39 +33,62 @@ def _gpu_present() -> bool:
 
 # ---------------------------------------------------------------- real builds (tensorrt-rtx on CPU)
 @pytest.fixture(scope="module")
-def engines(exported, tmp_path_factory):
-    """FP32 + FP16 engines (dynamic batch 1:4:8) from the exported fixture, sharing one timing cache file."""
+def reference_onnx(tmp_path_factory):
+    """The bundled reference model as FP16 and INT8 ONNX, as `fer-export --fp16 --int8` writes them.
+
+    INT8 is calibrated on the shipped synthetic set (no faces needed), with a loose gate: this fixture is about
+    the engine build, and the accuracy gate has tests of its own.
+    """
+    from fer_edge.calibration.int8_export import Int8Options, export_int8
+    from fer_edge.calibration.synthesize import SHIPPED_SET
+    from fer_edge.export.exporter import export_model
+    from fer_edge.runtime.artifact_io import sidecar_contract
+    out = tmp_path_factory.mktemp("reference")
+    artifacts = export_model(fp16=True, out_dir=str(out), parity_count=256, log=lambda m: None)
+    int8 = export_int8(artifacts["fp32"].path, Int8Options(calib=str(SHIPPED_SET), calib_count=256, min_agreement=0.5),
+                       str(SHIPPED_SET), log=lambda m: None)
+    return {"fp16": (artifacts["fp16"].path, artifacts["fp16"].contract), "int8": (int8, sidecar_contract(int8))}
+
+
+@pytest.fixture(scope="module")
+def engines(reference_onnx, tmp_path_factory):
+    """Engines (dynamic batch 1:4:8) from the reference model's FP16 and INT8 ONNX, sharing one timing cache file."""
     from fer_edge.export.engine_build import BuildOptions, build_engine
     out = tmp_path_factory.mktemp("engines")
     cache = out / "rtx.timing-cache"
     logs = []
-    built = {p: build_engine(exported[p].path, out_dir=out, log=logs.append, flavour="tensorrt_rtx",
+    built = {p: build_engine(reference_onnx[p][0], out_dir=out, log=logs.append, flavour="tensorrt_rtx",
                              options=BuildOptions(batch=(1, 4, 8), timing_cache=str(cache)))
-             for p in ("fp32", "fp16")}
+             for p in ("fp16", "int8")}
     return built, cache, logs
 
 
 @needs_rtx
 @needs_export_stack
-def test_build_writes_strongly_typed_engine_and_sidecar(engines, exported):
+def test_reference_model_fp16_and_int8_build_strongly_typed_engines_with_sidecars(engines, reference_onnx):
+    from fer_edge.export.checkpoint import REFERENCE_MODEL
     built, _, logs = engines
     for precision, engine in built.items():
+        onnx_path, contract = reference_onnx[precision]
         side = json.loads(engine.sidecar.read_text())
         meta = side["engine"]
         assert engine.path.stat().st_size > 100_000
         assert side["artifact"] == {"kind": "engine", "file": engine.path.name, "sha256": sha256_file(engine.path),
                                     "bytes": engine.path.stat().st_size}
-        # The contract is the source ONNX's, precision included.
-        assert side["contract"] == exported[precision].contract.to_dict()
-        assert side["contract"]["precision"] == precision
+        # The contract is the source ONNX's, precision included, and traces back to the shipped weights.
+        assert side["contract"] == contract.to_dict()
+        assert side["contract"]["precision"] == meta["precision"] == precision
+        assert side["contract"]["source_weights_sha256"] == sha256_file(REFERENCE_MODEL)
         assert meta["flavour"] == "tensorrt_rtx" and parse_version(meta["version"]) >= (1,)
         assert meta["strongly_typed"] is True            # read back from the parsed network
-        assert meta["profile"]["input"] == {"min": [1, 1, 32, 32], "opt": [4, 1, 32, 32], "max": [8, 1, 32, 32]}
-        assert meta["io"] == [{"name": "input", "mode": "input", "dtype": "FLOAT", "shape": [-1, 1, 32, 32]},
+        size = contract.input_size
+        assert meta["profile"]["input"] == {"min": [1, 1, size, size], "opt": [4, 1, size, size],
+                                            "max": [8, 1, size, size]}
+        assert meta["io"] == [{"name": "input", "mode": "input", "dtype": "FLOAT", "shape": [-1, 1, size, size]},
                               {"name": "logits", "mode": "output", "dtype": "FLOAT", "shape": [-1, 7]}]
-        assert meta["source_onnx"]["sha256"] == sha256_file(exported[precision].path)
+        assert meta["source_onnx"]["sha256"] == sha256_file(onnx_path)
         assert meta["target"]["compute_capabilities"]      # RTX targets, no GPU needed
-        assert meta["rebuild_args"][:3] == ["--engine", "--onnx", str(exported[precision].path)]
+        assert meta["rebuild_args"][:3] == ["--engine", "--onnx", str(onnx_path)]
         assert "--batch" in meta["rebuild_args"] and "1:4:8" in meta["rebuild_args"]
     assert any("Building engine" in line for line in logs)  # the progress monitor reported phases
 
@@ -74,11 +97,11 @@ def test_build_writes_strongly_typed_engine_and_sidecar(engines, exported):
 @needs_export_stack
 def test_timing_cache_is_written_then_loaded_by_the_next_build(engines):
     built, cache, _ = engines
-    first, second = built["fp32"].engine_meta["timing_cache"], built["fp16"].engine_meta["timing_cache"]
+    first, second = built["fp16"].engine_meta["timing_cache"], built["int8"].engine_meta["timing_cache"]
     assert first["loaded_bytes"] == 0 and first["saved_bytes"] > 0
     assert second["loaded_bytes"] == first["saved_bytes"]  # the second build read the first one's file
     key = json.loads(sidecar_path(cache).read_text())["key"]
-    assert key["flavour"] == "tensorrt_rtx" and key["version"] == built["fp32"].engine_meta["version"]
+    assert key["flavour"] == "tensorrt_rtx" and key["version"] == built["fp16"].engine_meta["version"]
     # TensorRT-RTX documents timing caches as no-ops: the sidecar must say so rather than pretend.
     assert first["applied_by_tensorrt"] is False
 

@@ -185,3 +185,29 @@ def test_failed_gate_writes_nothing(probe_exported, synthetic_npz, tmp_path, mon
     with pytest.raises(GateFailed, match="Nothing was written"):
         int8_export.export_int8(fp32, _options(), str(synthetic_npz), out_dir=out, log=lambda m: None)
     assert not list(out.glob("*.onnx*"))
+
+
+def test_synthesis_matches_batchnorm_statistics_better_than_noise(exported):
+    """BatchNorm-matched synthesis (the shipped calibration set's recipe): on a small CNN whose BatchNorm statistics
+    were recorded on faces, the synthesised images match those statistics far better than noise does, and come
+    out as uint8 images of the contract's size."""
+    import torch
+    from fer_edge.calibration.synthesize import SynthesisOptions, batchnorm_loss, synthesize
+    from fer_edge.runtime.preprocess import prepare_batch
+    contract = exported["fp32"].contract
+    torch.manual_seed(0)
+    layers = []
+    for c_in, c_out in ((1, 8), (8, 16), (16, 16)):
+        layers += [torch.nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), torch.nn.BatchNorm2d(c_out, momentum=None),
+                   torch.nn.SiLU()]
+    model = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 7))
+    faces, _ = synthetic_faces(256, size=contract.input_size, seed=3)
+    with torch.no_grad():  # momentum=None: the running statistics become the exact average over the faces
+        model.train()(torch.from_numpy(prepare_batch(faces, contract)))
+    result = synthesize(model, contract, SynthesisOptions(count=16, batch=16, steps=60), log=lambda m: None)
+    x = result["x"]
+    assert x.dtype == np.uint8 and x.shape == (16, contract.input_size, contract.input_size)
+    noise = np.random.default_rng(0).integers(0, 256, x.shape, dtype=np.uint8)
+    synthetic_loss = batchnorm_loss(model, torch.from_numpy(prepare_batch(x, contract)))
+    noise_loss = batchnorm_loss(model, torch.from_numpy(prepare_batch(noise, contract)))
+    assert synthetic_loss < 0.3 * noise_loss, (synthetic_loss, noise_loss)

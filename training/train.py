@@ -393,7 +393,6 @@ def write_report(cm, meta, prefix, title: str) -> None:
 
 def ship(checkpoint, out, data_dir=None, report_prefix=None, tolerance_pt: float = 0.1) -> Dict[str, Any]:
     """best.pt -> fp16 safetensors with metadata; checks the fp16 weights keep PublicTest top-1 within tolerance."""
-    import torch
     from .ckpt import header_from_checkpoint, load_checkpoint, write_safetensors
     ckpt = load_checkpoint(checkpoint)
     meta = header_from_checkpoint(ckpt)

@@ -1,0 +1,211 @@
+"""Calibration images synthesised from a model's own BatchNorm statistics: no face data involved.
+
+Every BatchNorm layer stores the mean and variance its inputs had over the training set. Starting from
+noise, we optimise a batch of images so that, at every BatchNorm layer, the batch's per-channel mean and
+standard deviation match those stored statistics (ZeroQ, Cai et al. 2020; DeepInversion, Yin et al. 2020).
+The images then drive each layer through roughly the activation ranges real faces would, which is what
+INT8 calibration measures. A small cross-entropy term towards a balanced set of target classes keeps every
+class's activation patterns represented; random shifts and flips at each step avoid pixel-level artefacts.
+
+    python -m fer_edge.calibration.synthesize --out calibration/synthetic/reference_bn_synth.npz
+
+writes an npz with `x` (uint8 faces, no labels: the targets are the model's own wish, not ground truth)
+and the provenance (weights sha256, steps, seed, final BatchNorm loss). Needs torch and timm ([export]).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+
+SHIPPED_SET = Path(__file__).resolve().parent / "synthetic" / "reference_bn_synth.npz"
+REGENERATE = "python -m fer_edge.calibration.synthesize"
+
+
+def read_provenance(path: Path = SHIPPED_SET) -> dict:
+    """The provenance stored next to the images of a synthetic set (weights sha256, options, losses)."""
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["provenance"]))
+
+
+def shipped_set_for_reference_model() -> Path:
+    """The shipped synthetic set, checked to have been made from the bundled reference weights.
+
+    A set synthesised from other weights would still calibrate, but silently less well: refuse it instead.
+    """
+    from fer_edge.export.checkpoint import REFERENCE_MODEL
+    from fer_edge.runtime.artifact_io import sha256_file
+    from fer_edge.runtime.errors import DataError
+    if not SHIPPED_SET.is_file():
+        raise DataError(f"the shipped synthetic calibration set is missing ({SHIPPED_SET}); reinstall fer-edge, "
+                        "or pass --calib PATH with a few hundred face crops")
+    made_from = read_provenance(SHIPPED_SET).get("weights_sha256")
+    if made_from != sha256_file(REFERENCE_MODEL):
+        raise DataError(f"{SHIPPED_SET.name} was synthesised from other weights ({str(made_from)[:12]}...) than the "
+                        f"bundled reference model; regenerate it with `{REGENERATE}`, or pass --calib PATH")
+    return SHIPPED_SET
+
+
+@dataclass
+class SynthesisOptions:
+    count: int = 640
+    batch: int = 64
+    steps: int = 100
+    lr: float = 0.1
+    class_weight: float = 0.05  # cross-entropy towards the target class, relative to the BatchNorm loss
+    tv_weight: float = 1e-3  # total variation: favours smooth, face-like images over pixel noise
+    jitter: int = 2  # random shift in pixels per step
+    init_std: float = 1.0  # std of the starting noise, in normalised units
+    seed: int = 0
+
+
+def _batchnorm_layers(model) -> List:
+    import torch
+    return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None]
+
+
+def synthesize_batch(model, targets, size: int, channels: int, value_range, options: SynthesisOptions,
+                     generator, progress: Optional[Callable[[int], None]] = None):
+    """One batch of images in the model's normalised input space; returns (images, final BatchNorm loss)."""
+    import torch
+    import torch.nn.functional as F
+    layers = _batchnorm_layers(model)
+    captured: List = []
+
+    def capture(_module, inputs, _output):
+        captured.append(inputs[0])
+
+    hooks = [layer.register_forward_hook(capture) for layer in layers]
+    low, high = value_range
+    x = (torch.randn((len(targets), channels, size, size), generator=generator) * options.init_std)
+    x = x.clamp_(low, high).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=options.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, options.steps, eta_min=options.lr * 0.01)
+    bn_loss = torch.tensor(0.0)
+    try:
+        for _ in range(options.steps):
+            captured.clear()
+            dx, dy = (int(v) for v in torch.randint(-options.jitter, options.jitter + 1, (2,), generator=generator))
+            view = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+            if bool(torch.rand((), generator=generator) < 0.5):
+                view = torch.flip(view, dims=(3,))
+            logits = model(view)
+            bn_loss = sum(_layer_mismatch(act, layer) for act, layer in zip(captured, layers)) / len(layers)
+            tv = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean() + (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean()
+            loss = bn_loss + options.class_weight * F.cross_entropy(logits, targets) + options.tv_weight * tv
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                x.clamp_(low, high)
+            if progress:
+                progress(1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return x.detach(), float(bn_loss.detach())
+
+
+def synthesize(model, contract, options: SynthesisOptions, log: Callable[[str], None] = print) -> dict:
+    """`options.count` uint8 images for `model` (a torch module matching `contract`), with provenance."""
+    import torch
+    from tqdm import tqdm
+    if contract.channels != 1 and contract.channels != 3:
+        raise ValueError(f"contract has {contract.channels} channels; expected 1 or 3")
+    model = model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(options.seed)
+    mean = torch.tensor(contract.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(contract.std, dtype=torch.float32).view(1, -1, 1, 1)
+    # The pixel range 0..1 in normalised units (per channel; the bounds of the widest channel are used).
+    value_range = (float(((0 - mean) / std).min()), float(((1 - mean) / std).max()))
+    classes = len(contract.labels)
+    images, losses = [], []
+    start = time.perf_counter()
+    total_steps = -(-options.count // options.batch) * options.steps
+    with tqdm(total=total_steps, desc="synthesising calibration images", unit="step") as bar:
+        for first in range(0, options.count, options.batch):
+            n = min(options.batch, options.count - first)
+            targets = (torch.arange(first, first + n) % classes).long()
+            x, bn_loss = synthesize_batch(model, targets, contract.input_size, contract.channels, value_range,
+                                          options, generator, bar.update)
+            losses.append(bn_loss)
+            pixels = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+            images.append(pixels.permute(0, 2, 3, 1).numpy())
+    x = np.concatenate(images)
+    x = x[..., 0] if contract.channels == 1 else x[..., ::-1] if contract.color_order == "RGB" else x  # faces are stored BGR, as OpenCV reads them
+    seconds = time.perf_counter() - start
+    log(f"synthesised {len(x)} images in {seconds:.0f} s; BatchNorm loss per batch: "
+        + ", ".join(f"{v:.3f}" for v in losses))
+    return {"x": np.ascontiguousarray(x), "bn_loss": losses, "seconds": seconds}
+
+
+def _layer_mismatch(act, layer):
+    """Per-channel mean and std of a batch against a BatchNorm layer's running statistics, in units of the
+    running std, so deep layers (stds in the hundreds) do not drown the early ones."""
+    running_std = layer.running_var.add(layer.eps).sqrt()
+    batch_std = act.var((0, 2, 3), unbiased=False).add(layer.eps).sqrt()
+    return (((act.mean((0, 2, 3)) - layer.running_mean) / running_std).square()
+            + ((batch_std - running_std) / running_std).square()).mean()
+
+
+def batchnorm_loss(model, x) -> float:
+    """How far a batch's activations are from the model's BatchNorm statistics (mean over layers; 0 = matched)."""
+    import torch
+    layers = _batchnorm_layers(model)
+    captured: List = []
+    hooks = [layer.register_forward_hook(lambda _m, i, _o: captured.append(i[0])) for layer in layers]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return float(sum(_layer_mismatch(a, l) for a, l in zip(captured, layers))) / len(layers)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fer_edge.calibration.synthesize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="weights to synthesise from (default: the bundled reference model)")
+    parser.add_argument("--out", default=str(SHIPPED_SET), help=f"npz to write (default {SHIPPED_SET.name} in "
+                                                                  "calibration/synthetic/)")
+    defaults = SynthesisOptions()
+    for field, value in asdict(defaults).items():
+        parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=value,
+                            help=f"(default {value})")
+    args = parser.parse_args(argv)
+    options = SynthesisOptions(**{f: getattr(args, f) for f in asdict(defaults)})
+    from fer_edge.export.exporter import prepare_model
+    from fer_edge.runtime.artifact_io import atomic_write_bytes
+    from fer_edge.runtime.errors import FerEdgeError
+    try:
+        prepared = prepare_model(checkpoint=args.checkpoint)
+    except FerEdgeError as exc:
+        print(f"synthesize: error: {exc}", file=sys.stderr)
+        return 2
+    contract = prepared.contract
+    result = synthesize(prepared.model, contract, options)
+    provenance = {"weights_sha256": contract.source_weights_sha256, "arch": contract.arch,
+                  "input_size": contract.input_size, "channels": contract.channels, "options": asdict(options),
+                  "bn_loss_per_batch": result["bn_loss"], "seconds": round(result["seconds"], 1),
+                  "command": "python -m fer_edge.calibration.synthesize " + shlex.join(argv or sys.argv[1:])}
+    import io
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=result["x"], provenance=np.array(json.dumps(provenance)))
+    atomic_write_bytes(Path(args.out), buffer.getvalue())
+    print(f"wrote {args.out} ({len(result['x'])} images)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
