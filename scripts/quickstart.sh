@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: bundled reference model -> ONNX FP32 + FP16 -> benchmark
-# table (latency on this CPU with ONNX Runtime; accuracy on FER-2013 PublicTest when ../shared has it).
+# The main job on the embedded default: bundled reference model -> ONNX FP32 + FP16 + INT8 (calibrated on the
+# shipped synthetic set) -> benchmark table (latency on this CPU with ONNX Runtime; accuracy on FER-2013
+# PublicTest when ../shared has it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh export
 . .venv/bin/activate
-fer-export --fp16 --out fer-artifacts
+fer-export --fp16 --int8 --out fer-artifacts
 data=()
 publictest=../shared/data/fer2013/fer2013_publictest.npz
 if [ -f "$publictest" ]; then
@@ -13,4 +14,4 @@ if [ -f "$publictest" ]; then
 else
   echo "note: $publictest not found: benchmarking latency only (pass --data to add accuracy)"
 fi
-fer-bench fer-artifacts/*_fp32.onnx fer-artifacts/*_fp16.onnx "${data[@]}" --threads 2 --report fer-artifacts/report
+fer-bench fer-artifacts/*_fp32.onnx fer-artifacts/*_fp16.onnx fer-artifacts/*_int8.onnx "${data[@]}" --threads 2 --report fer-artifacts/report

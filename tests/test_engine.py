@@ -34,7 +34,7 @@ def _gpu_present() -> bool:
 # ---------------------------------------------------------------- real builds (tensorrt-rtx on CPU)
 @pytest.fixture(scope="module")
 def reference_onnx(tmp_path_factory):
-    """The bundled reference model as FP16 and INT8 ONNX, as `fer-export --fp16 --int8` writes them.
+    """The bundled reference model as FP32, FP16 and INT8 ONNX, as `fer-export --fp16 --int8` writes them.
 
     INT8 is calibrated on the shipped synthetic set (no faces needed), with a loose gate: this fixture is about
     the engine build, and the accuracy gate has tests of its own.
@@ -47,25 +47,26 @@ def reference_onnx(tmp_path_factory):
     artifacts = export_model(fp16=True, out_dir=str(out), parity_count=256, log=lambda m: None)
     int8 = export_int8(artifacts["fp32"].path, Int8Options(calib=str(SHIPPED_SET), calib_count=256, min_agreement=0.5),
                        str(SHIPPED_SET), log=lambda m: None)
-    return {"fp16": (artifacts["fp16"].path, artifacts["fp16"].contract), "int8": (int8, sidecar_contract(int8))}
+    return {**{p: (artifacts[p].path, artifacts[p].contract) for p in ("fp32", "fp16")},
+            "int8": (int8, sidecar_contract(int8))}
 
 
 @pytest.fixture(scope="module")
 def engines(reference_onnx, tmp_path_factory):
-    """Engines (dynamic batch 1:4:8) from the reference model's FP16 and INT8 ONNX, sharing one timing cache file."""
+    """Engines (dynamic batch 1:4:8) from the reference model's FP32, FP16 and INT8 ONNX, sharing one timing cache."""
     from fer_edge.export.engine_build import BuildOptions, build_engine
     out = tmp_path_factory.mktemp("engines")
     cache = out / "rtx.timing-cache"
     logs = []
     built = {p: build_engine(reference_onnx[p][0], out_dir=out, log=logs.append, flavour="tensorrt_rtx",
                              options=BuildOptions(batch=(1, 4, 8), timing_cache=str(cache)))
-             for p in ("fp16", "int8")}
+             for p in ("fp32", "fp16", "int8")}
     return built, cache, logs
 
 
 @needs_rtx
 @needs_export_stack
-def test_reference_model_fp16_and_int8_build_strongly_typed_engines_with_sidecars(engines, reference_onnx):
+def test_reference_model_fp32_fp16_int8_build_strongly_typed_engines_with_sidecars(engines, reference_onnx):
     from fer_edge.export.checkpoint import REFERENCE_MODEL
     built, _, logs = engines
     for precision, engine in built.items():
@@ -97,11 +98,11 @@ def test_reference_model_fp16_and_int8_build_strongly_typed_engines_with_sidecar
 @needs_export_stack
 def test_timing_cache_is_written_then_loaded_by_the_next_build(engines):
     built, cache, _ = engines
-    first, second = built["fp16"].engine_meta["timing_cache"], built["int8"].engine_meta["timing_cache"]
+    first, second = built["fp32"].engine_meta["timing_cache"], built["fp16"].engine_meta["timing_cache"]
     assert first["loaded_bytes"] == 0 and first["saved_bytes"] > 0
     assert second["loaded_bytes"] == first["saved_bytes"]  # the second build read the first one's file
     key = json.loads(sidecar_path(cache).read_text())["key"]
-    assert key["flavour"] == "tensorrt_rtx" and key["version"] == built["fp16"].engine_meta["version"]
+    assert key["flavour"] == "tensorrt_rtx" and key["version"] == built["fp32"].engine_meta["version"]
     # TensorRT-RTX documents timing caches as no-ops: the sidecar must say so rather than pretend.
     assert first["applied_by_tensorrt"] is False
 
