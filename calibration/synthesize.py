@@ -60,7 +60,9 @@ class SynthesisOptions:
     steps: int = 100
     lr: float = 0.1
     class_weight: float = 0.05  # cross-entropy towards the target class, relative to the BatchNorm loss
-    tv_weight: float = 1e-3  # total variation: favours smooth, face-like images over pixel noise
+    # A light total-variation prior. A trial with tv 0.05 and init_std 0.2 gave smoother, more face-like images
+    # but 2 points less INT8/FP32 agreement on PublicTest (90.9% vs 92.9%, 128 images), so it stays light.
+    tv_weight: float = 1e-3
     jitter: int = 2  # random shift in pixels per step
     init_std: float = 1.0  # std of the starting noise, in normalised units
     seed: int = 0

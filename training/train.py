@@ -234,7 +234,7 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
           f"prepared at {cfg['img_size']} px in {time.time() - t0:.1f}s; device {device}", flush=True)
 
     model = build_model(cfg["arch"], len(labels), 1, cfg["drop_rate"], cfg["drop_path_rate"],
-                        cfg["zero_init_head"]).to(device)
+                        cfg.get("zero_init_head", False)).to(device)  # runs saved before the option: off
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, cfg["ema_decay"])
