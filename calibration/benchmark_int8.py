@@ -52,9 +52,9 @@ def latency(models: Dict[str, bytes], channels: int, size: int, batches=(1, 32),
         x = rng.standard_normal((batch, channels, size, size)).astype(np.float32)
         calls = {name: (lambda s=session: discard(s.run(None, {s.get_inputs()[0].name: x})))
                  for name, session in sessions.items()}
+        block, settle = blocks.get(batch, (4, 1))
         stats = {name: summarize(ms, batch) for name, ms in
-                 run_interleaved(calls, warmup=5, iterations=rounds.get(batch, 10),
-                                 block=blocks.get(batch, (4, 1))[0], settle=blocks.get(batch, (4, 1))[1]).items()}
+                 run_interleaved(calls, warmup=5, iterations=rounds.get(batch, 10), block=block, settle=settle).items()}
         base = stats[next(iter(stats))]["p50_ms"]
         for name, stat in stats.items():
             rows.append({"model": name, "batch": batch, "p50_ms": round(stat["p50_ms"], 3),

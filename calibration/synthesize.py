@@ -19,6 +19,7 @@ import json
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -68,9 +69,22 @@ class SynthesisOptions:
     seed: int = 0
 
 
-def _batchnorm_layers(model) -> List:
+@contextmanager
+def _batchnorm_inputs(model):
+    """(layers, captured): while open, each forward pass appends every BatchNorm layer's input to `captured`."""
     import torch
-    return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None]
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None]
+    captured: List = []
+    hooks = [layer.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0])) for layer in layers]
+    try:
+        yield layers, captured
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _mean_mismatch(captured, layers):
+    return sum(_layer_mismatch(act, layer) for act, layer in zip(captured, layers)) / len(layers)
 
 
 def synthesize_batch(model, targets, size: int, channels: int, value_range, options: SynthesisOptions,
@@ -78,20 +92,13 @@ def synthesize_batch(model, targets, size: int, channels: int, value_range, opti
     """One batch of images in the model's normalised input space; returns (images, final BatchNorm loss)."""
     import torch
     import torch.nn.functional as F
-    layers = _batchnorm_layers(model)
-    captured: List = []
-
-    def capture(_module, inputs, _output):
-        captured.append(inputs[0])
-
-    hooks = [layer.register_forward_hook(capture) for layer in layers]
     low, high = value_range
     x = (torch.randn((len(targets), channels, size, size), generator=generator) * options.init_std)
     x = x.clamp_(low, high).requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=options.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, options.steps, eta_min=options.lr * 0.01)
     bn_loss = torch.tensor(0.0)
-    try:
+    with _batchnorm_inputs(model) as (layers, captured):
         for _ in range(options.steps):
             captured.clear()
             dx, dy = (int(v) for v in torch.randint(-options.jitter, options.jitter + 1, (2,), generator=generator))
@@ -99,7 +106,7 @@ def synthesize_batch(model, targets, size: int, channels: int, value_range, opti
             if bool(torch.rand((), generator=generator) < 0.5):
                 view = torch.flip(view, dims=(3,))
             logits = model(view)
-            bn_loss = sum(_layer_mismatch(act, layer) for act, layer in zip(captured, layers)) / len(layers)
+            bn_loss = _mean_mismatch(captured, layers)
             tv = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean() + (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean()
             loss = bn_loss + options.class_weight * F.cross_entropy(logits, targets) + options.tv_weight * tv
             optimizer.zero_grad(set_to_none=True)
@@ -110,9 +117,6 @@ def synthesize_batch(model, targets, size: int, channels: int, value_range, opti
                 x.clamp_(low, high)
             if progress:
                 progress(1)
-    finally:
-        for hook in hooks:
-            hook.remove()
     return x.detach(), float(bn_loss.detach())
 
 
@@ -163,16 +167,9 @@ def _layer_mismatch(act, layer):
 def batchnorm_loss(model, x) -> float:
     """How far a batch's activations are from the model's BatchNorm statistics (mean over layers; 0 = matched)."""
     import torch
-    layers = _batchnorm_layers(model)
-    captured: List = []
-    hooks = [layer.register_forward_hook(lambda _m, i, _o: captured.append(i[0])) for layer in layers]
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return float(sum(_layer_mismatch(a, l) for a, l in zip(captured, layers))) / len(layers)
+    with _batchnorm_inputs(model) as (layers, captured), torch.no_grad():
+        model.eval()(x)
+        return float(_mean_mismatch(captured, layers))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
