@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -41,7 +42,49 @@ def atomic_write_bytes(path: os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_json(path: os.PathLike, payload: Dict[str, Any]) -> Path:
-    return atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n").encode())
+    return atomic_write_bytes(path, _json_bytes(payload))
+
+
+def _json_bytes(payload: Dict[str, Any]) -> bytes:
+    return (json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n").encode()
+
+
+def write_artifact(path: os.PathLike, payload: bytes, contract: ModelContract, kind: str,
+                   artifact: Optional[Dict[str, Any]] = None, **sections: Any) -> Path:
+    """Write an artifact and its sidecar: the one place that assembles the sidecar's `artifact` block.
+
+    The sidecar records the payload's size and sha256, which `load()` checks before use. The artifact is
+    renamed into place first, then the sidecar: a crash in between leaves an artifact with no sidecar (it
+    still loads from its embedded contract, with a warning) or with the previous export's sidecar (its
+    hash no longer matches, so it is refused), never a sidecar that vouches for bytes it did not hash.
+    """
+    path = Path(path)
+    sidecar = {"contract": contract.to_dict(),
+               "artifact": {"kind": kind, "file": path.name, "sha256": hashlib.sha256(payload).hexdigest(),
+                            "bytes": len(payload), **(artifact or {})},
+               **sections}
+    sidecar_bytes = _json_bytes(sidecar)  # serialise before touching disk: a bad section writes nothing
+    atomic_write_bytes(path, payload)
+    atomic_write_bytes(sidecar_path(path), sidecar_bytes)
+    return path
+
+
+def remove_stale_temp_files(folder: os.PathLike, min_age_s: float = 3600.0) -> list:
+    """Delete temp files that `atomic_write_bytes` of a killed earlier run left in folder.
+
+    Only files older than min_age_s go, so a concurrent writer's temp file in the same folder is kept."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now, removed = time.time(), []
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime >= min_age_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # vanished or not ours to delete: leave it
+            pass
+    return removed
 
 
 def _jsonable(obj):
