@@ -10,7 +10,6 @@ of each block (see latency.run_interleaved). Needs the [export] extra (torch, ti
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fer_edge.benchmarks.report import add_timing_arguments, environment, publish_result
+from fer_edge.cli_support import new_parser, run_cli
 
 TARGET_SPEEDUP_B1 = 6.0
 
@@ -115,9 +115,11 @@ def verdict(rows: List[Dict]) -> str:
     return f"Target ORT >= {TARGET_SPEEDUP_B1:.0f}x faster than PyTorch eager at batch 1 (p50): {'; '.join(parts)}."
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.compare_torch_ort", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m fer_edge.benchmarks.compare_torch_ort"
+
+
+def build_parser():
+    parser = new_parser(PROG, description=__doc__)
     parser.add_argument("--sizes", default="48,96", help="input sizes in px (default 48,96)")
     parser.add_argument("--no-ort-spin", action="store_true",
                         help="turn ONNX Runtime's spin-waiting off (the runtime's default session keeps it on)")
@@ -127,15 +129,18 @@ def main(argv=None) -> int:
                         help="calls dropped at the start of each block, while the other runtime's threads stop "
                              "spinning (default 5)")
     add_timing_arguments(parser, warmup=10, iterations=20)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
 
     rows = measure(parse_ints(args.sizes), parse_ints(args.batch), args.threads, args.warmup, args.iterations,
                    not args.no_progress, spin=not args.no_ort_spin, settle=args.settle,
                    block_b1=args.block)
     spin_text = ("ONNX Runtime with its default settings, as `load(threads=N)` builds it (idle workers spin-wait)"
                  if not args.no_ort_spin else "ONNX Runtime with spin-waiting off")
-    env = environment("python -m fer_edge.benchmarks.compare_torch_ort " + shlex.join(argv))
+    env = environment(f"{PROG} " + shlex.join(argv))
     publish_result(
         "ONNX Runtime vs PyTorch eager (CPU, FP32)", env,
         f"tf_efficientnetv2_b0, 1 channel, 7 classes, **random weights** (latency does not depend on them). "
@@ -149,6 +154,10 @@ def main(argv=None) -> int:
         "PyTorch's thread pool more than ONNX Runtime's; min approximates the uncontended time.",
         markdown(rows), verdict(rows), rows, args.out)
     return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(PROG, _main, argv)
 
 
 if __name__ == "__main__":

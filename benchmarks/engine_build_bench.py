@@ -8,7 +8,6 @@ calibrated on a few real FER-2013 faces only so that scales exist - its accuracy
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import platform
 import subprocess
@@ -17,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from fer_edge.cli_support import new_parser, run_cli
 
 
 def _qdq(fp32: Path, contract, out: Path, faces) -> Path:
@@ -93,23 +94,35 @@ def write_results(rows, out: Path, command: List[str]) -> None:
     atomic_write_bytes(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m fer_edge.benchmarks.engine_build_bench"
+
+
+def build_parser():
+    parser = new_parser(PROG, description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[48, 112])
     parser.add_argument("--data", help="faces for INT8 scales (default FER-2013 PublicTest from ../shared)")
     parser.add_argument("--out", default="benchmarks/results/engine_build_rtx_cpu", help="results path without suffix")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv: List[str]) -> int:
+    args = build_parser().parse_args(argv)
     from fer_edge.benchmarks.datasets import default_fer2013_publictest, load_faces
+    from fer_edge.runtime.errors import DataError
     data = args.data or default_fer2013_publictest()
     if data is None:
-        print("engine_build_bench: pass --data (faces for INT8 scales)", file=sys.stderr)
-        return 2
+        raise DataError("no faces for the INT8 scales (../shared/data/fer2013 is absent); pass --data with an .npz, "
+                        "fer2013.csv or image folder")
     faces = load_faces(data, limit=16).images
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure(args.sizes, Path(tmp), faces)
-    write_results(rows, Path(args.out), ["python", "-m", "fer_edge.benchmarks.engine_build_bench"] + (argv or sys.argv[1:]))
+    write_results(rows, Path(args.out), ["python", "-m", "fer_edge.benchmarks.engine_build_bench"] + argv)
     print(f"wrote {args.out}.md and .json")
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_cli(PROG, _main, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,10 +16,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from fer_edge.cli_support import EXIT_CHECK_FAILED, EXIT_OK, new_parser, run_cli
 from fer_edge.runtime.errors import BackendUnavailableError, FerEdgeError
 
 from . import trtexec_stats
 
+PROG = "python -m fer_edge.benchmarks.gpu_check"
 EXAMPLES = """examples:
   fer-export --fp16 && fer-export --int8 --calib ../shared/data/fer2013/fer2013_train_1of2.npz --calib-split Training
   python -m fer_edge.benchmarks.gpu_check                                  # fer-artifacts/*_{fp16,int8}.onnx
@@ -120,8 +122,7 @@ def print_report(results: List[Dict[str, object]]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.gpu_check", description=__doc__,
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(PROG, description=__doc__, epilog=EXAMPLES)
     parser.add_argument("--artifacts", default="fer-artifacts", help="folder with *_fp16.onnx / *_int8.onnx")
     parser.add_argument("--onnx", nargs="+", metavar="PATH", help="check these ONNX files instead")
     parser.add_argument("--data", help="faces for parity: .npz, fer2013.csv or image folder "
@@ -140,33 +141,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         trt, gpu = require_gpu_stack(args.trt)
-    except BackendUnavailableError as exc:
-        print(f"gpu_check: cannot run on this machine: {exc}", file=sys.stderr)
+    except BackendUnavailableError as exc:  # exit 3 (documented above): "not this machine", not a bad input
+        print(f"{PROG}: cannot run on this machine: {exc}", file=sys.stderr)
         return 3
     from fer_edge.benchmarks.datasets import default_fer2013_publictest
-    try:
-        data = args.data or default_fer2013_publictest()
-        if data is None:
-            raise FerEdgeError("no faces for the parity check: pass --data (npz, fer2013.csv or image folder)")
-        print(f"{trt.describe()} on {gpu['gpu_name']} (CC {gpu['compute_capability']}, driver {gpu['cuda_driver']}), "
-              f"{platform.machine()}; parity faces from {data}")
-        results = [check_one(path, args, str(data)) for path in find_sources(Path(args.artifacts), args.onnx)]
-    except FerEdgeError as exc:
-        print(f"gpu_check: error: {exc}", file=sys.stderr)
-        return 2
+    data = args.data or default_fer2013_publictest()
+    if data is None:
+        raise FerEdgeError("no faces for the parity check: pass --data (npz, fer2013.csv or image folder)")
+    print(f"{trt.describe()} on {gpu['gpu_name']} (CC {gpu['compute_capability']}, driver {gpu['cuda_driver']}), "
+          f"{platform.machine()}; parity faces from {data}")
+    results = [check_one(path, args, str(data)) for path in find_sources(Path(args.artifacts), args.onnx)]
     print_report(results)
     if args.report:
         from fer_edge.runtime.artifact_io import atomic_write_json
         from fer_edge.benchmarks.jetson import jetson_state
         atomic_write_json(args.report, {"gpu": gpu, "tensorrt": trt.describe(), "results": results,
                                         "jetson": jetson_state() if Path("/etc/nv_tegra_release").exists() else None,
-                                        "command": ["python", "-m", "fer_edge.benchmarks.gpu_check"] + (argv or sys.argv[1:])})
+                                        "command": ["python", "-m", "fer_edge.benchmarks.gpu_check"] + argv})
         print(f"wrote {args.report}")
-    return 0 if all(r["parity"]["passed"] for r in results) else 1
+    return EXIT_OK if all(r["parity"]["passed"] for r in results) else EXIT_CHECK_FAILED
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_cli(PROG, _main, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

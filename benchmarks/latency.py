@@ -120,10 +120,56 @@ def discard(_result) -> None:
     return None
 
 
-def measure_model(model, faces: List[np.ndarray], batches: Sequence[int], warmup: int,
-                  iterations: Optional[int] = None, duration_s: Optional[float] = None,
-                  progress=None) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """latency[str(batch)] = {"end_to_end": stats, "inference": stats, <backend stages>: stats}.
+# Round-robin blocks across models: each round runs BLOCK_CALLS timed calls per model and stage, after
+# SETTLE_CALLS untimed ones. ONNX Runtime's idle intra-op threads spin-wait after a call by default, so the first
+# call after switching sessions would be timed against the previous session's spinning threads.
+BLOCK_CALLS = 5
+SETTLE_CALLS = 1
+
+
+def _stage_key(position: int, stage: str) -> str:
+    return f"{position}/{stage}"
+
+
+def _model_calls(position: int, model, faces: List[np.ndarray], batch: int) -> Dict[str, Callable]:
+    """end_to_end and inference calls of one model at one batch size, named '<position>/<stage>'.
+
+    When the backend offers `timed_run(tensor)` its stages are renamed the same way, so two TensorRT models'
+    'gpu_compute' stages stay apart.
+    """
+    crops = faces[:batch] if len(faces) >= batch else latency_faces(batch, faces)
+    tensor = model.preprocess(crops)
+    timed_run = getattr(model.backend, "timed_run", None)
+    use_timed = timed_run is not None and not (model.max_batch and batch > model.max_batch)
+    if use_timed:
+        def infer_call(t=tensor):
+            return {_stage_key(position, stage): ms for stage, ms in (timed_run(t) or {}).items()}
+    else:
+        def infer_call(t=tensor):
+            return discard(model.infer(t))
+    return {_stage_key(position, "end_to_end"): lambda c=crops: discard(model.predict_proba(c)),
+            _stage_key(position, "inference"): infer_call}
+
+
+def block_calls_for(iterations: Optional[int]) -> int:
+    """Timed calls per block: BLOCK_CALLS, fewer when fewer iterations were asked for."""
+    return min(BLOCK_CALLS, iterations) if iterations else BLOCK_CALLS
+
+
+def timed_rounds(iterations: Optional[int]) -> Optional[int]:
+    """Rounds that give at least `iterations` timings per model and stage (None: duration-bound)."""
+    return None if iterations is None else -(-iterations // block_calls_for(iterations))
+
+
+def measure_models(models: Sequence, faces: List[np.ndarray], batches: Sequence[int], warmup: int,
+                   iterations: Optional[int] = None, duration_s: Optional[float] = None,
+                   progress=None) -> List[Dict[str, Dict[str, Dict[str, float]]]]:
+    """Latency of every model, timed round-robin so all of them see the same machine load.
+
+    Per batch size, each round runs, model after model, a block of end_to_end calls then a block of inference
+    calls (SETTLE_CALLS untimed, then up to BLOCK_CALLS timed). With `iterations`, each stage keeps exactly that
+    many timings; with `duration_s`, rounds run until the batch size has used that many seconds in total.
+    Returns one dict per model: latency[str(batch)] = {"end_to_end": stats, "inference": stats, <stages>: stats}.
 
     end_to_end: model.predict_proba on uint8 crops (preprocess + infer + softmax).
     inference: model.infer on an already prepared tensor. When the backend offers `timed_run(tensor)`
@@ -131,14 +177,23 @@ def measure_model(model, faces: List[np.ndarray], batches: Sequence[int], warmup
     `infer` and each stage gets its own stats block; "inference" is then the stage of that name if the
     backend reports one, else the host wall time of the timed_run call.
     """
-    results = {}
-    timed_run = getattr(model.backend, "timed_run", None)
+    block_calls = block_calls_for(iterations)
+    results: List[Dict[str, Dict[str, Dict[str, float]]]] = [{} for _ in models]
     for batch in batches:
-        crops = faces[:batch] if len(faces) >= batch else latency_faces(batch, faces)
-        tensor = model.preprocess(crops)
-        use_timed = timed_run is not None and not (model.max_batch and batch > model.max_batch)
-        infer_call = (lambda t=tensor: timed_run(t)) if use_timed else (lambda t=tensor: discard(model.infer(t)))
-        calls = {"end_to_end": lambda c=crops: discard(model.predict_proba(c)), "inference": infer_call}
-        samples = run_interleaved(calls, warmup, iterations, duration_s, progress)
-        results[str(batch)] = {name: summarize(ms, batch) for name, ms in samples.items()}
+        calls: Dict[str, Callable] = {}
+        for position, model in enumerate(models):
+            calls.update(_model_calls(position, model, faces, batch))
+        samples = run_interleaved(calls, warmup, timed_rounds(iterations), duration_s, progress,
+                                  block=block_calls + SETTLE_CALLS, settle=SETTLE_CALLS)
+        for key, ms in samples.items():
+            position, stage = key.split("/", 1)
+            kept = ms[:iterations] if iterations else ms
+            results[int(position)].setdefault(str(batch), {})[stage] = summarize(kept, batch)
     return results
+
+
+def measure_model(model, faces: List[np.ndarray], batches: Sequence[int], warmup: int,
+                  iterations: Optional[int] = None, duration_s: Optional[float] = None,
+                  progress=None) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """measure_models for one model: latency[str(batch)] = {"end_to_end": stats, "inference": stats, ...}."""
+    return measure_models([model], faces, batches, warmup, iterations, duration_s, progress)[0]

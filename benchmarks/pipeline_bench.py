@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
+from fer_edge.cli_support import new_parser, run_cli
 from fer_edge.runtime.errors import DataError, FerEdgeError
 
 STAGES = ("decode", "detect", "crop", "classify", "smooth")
@@ -348,18 +349,20 @@ def to_markdown(report: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.pipeline_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m fer_edge.benchmarks.pipeline_bench"
+
+
+def _main(argv) -> int:
+    parser = new_parser(PROG, description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
     if not args.pipeline:
         parser.error("--pipeline SOURCE is required")
-    try:
-        return run(args)
-    except FerEdgeError as exc:
-        print(f"pipeline bench: error: {exc}", file=sys.stderr)
-        return 2
+    return run(args)
+
+
+def main(argv=None) -> int:
+    return run_cli(PROG, _main, argv)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,67 @@ def package_version(name: str) -> Optional[str]:
         return None
 
 
+def load_average() -> Optional[List[float]]:
+    """1-, 5- and 15-minute load averages, or None where the OS has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def available_cores() -> int:
+    """Cores this process may run on (taskset / cgroup affinity), which can be fewer than the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def busy_machine_warning(load_samples: Dict[str, Optional[Sequence[float]]], cores: int) -> Optional[str]:
+    """A warning when a 1-minute load average exceeds the available cores, i.e. runnable threads waited for a CPU.
+
+    load_samples: when -> [1, 5, 15 min] (e.g. {"before timing": [...], "after timing": [...]}). A load above
+    the core count means other work competed with the timed calls: on a 2-core host at load 3-9, one run
+    measured FP32 p50 11.86 ms and the next 2.03 ms.
+    """
+    taken = {when: sample for when, sample in load_samples.items() if sample}
+    if not taken:
+        return ("the load average could not be read on this OS, so fer-edge cannot tell whether other work "
+                "competed with the timing; compare only numbers from one interleaved run")
+    if not any(sample[0] > cores for sample in taken.values()):
+        return None
+    seen = ", ".join(f"{sample[0]:.2f} {when}" for when, sample in taken.items())
+    return (f"the machine was busy: 1-minute load average {seen} on {cores} available core(s) (above {cores}, other "
+            "work competed for the CPU); latencies are inflated and noisy, and ratios between models unreliable. "
+            "Rerun on an idle machine (check `uptime`) before quoting these numbers")
+
+
+def ordering_warnings(models: Sequence[Dict]) -> List[str]:
+    """Impossible orderings: end_to_end includes inference and every backend stage, so none may have a higher p50."""
+    notes = []
+    for entry in models:
+        for batch, stages in entry.get("latency", {}).items():
+            e2e = stages.get("end_to_end")
+            if e2e is None:
+                continue
+            for stage, stats in stages.items():
+                if stage != "end_to_end" and stats["p50_ms"] > e2e["p50_ms"]:
+                    notes.append(f"{Path(entry['path']).name} batch {batch}: {stage} p50 {stats['p50_ms']:.2f} ms is "
+                                 f"above end_to_end p50 {e2e['p50_ms']:.2f} ms, which includes it: noise outweighs the "
+                                 "difference; rerun on an idle machine or time longer (--duration, --iterations)")
+    return notes
+
+
+def timing_warnings(load_samples: Dict[str, Optional[Sequence[float]]], cores: int, models: Sequence[Dict]) -> List[str]:
+    """Every reason not to trust a run's latencies: a busy machine, then impossible orderings of the stats."""
+    busy = busy_machine_warning(load_samples, cores)
+    return ([busy] if busy else []) + ordering_warnings(models)
+
+
+def warning_lines(warnings: Sequence[str]) -> str:
+    return "\n".join(f"WARNING: {w}" for w in warnings)
+
+
 def environment(command: str) -> Dict[str, object]:
     import cv2
     import numpy
@@ -63,11 +124,11 @@ def environment(command: str) -> Dict[str, object]:
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
            "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__,
            "torch": package_version("torch"), "tensorrt": package_version("tensorrt"), "gpu": gpu_description(),
-           "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": command}
-    try:
-        env["load_average"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        pass
+           "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": command,
+           "cores_available": available_cores()}
+    load = load_average()
+    if load is not None:
+        env["load_average"] = load
     return env
 
 
@@ -99,19 +160,20 @@ def markdown_table(models: Sequence[Dict], batches: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def csv_text(models: Sequence[Dict]) -> str:
-    """One row per (model, batch, stage) with every statistic, plus the model's accuracy columns."""
+def csv_text(models: Sequence[Dict], warnings: Sequence[str] = ()) -> str:
+    """One row per (model, batch, stage) with every statistic, the model's accuracy columns and the run's warnings."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "precision", "backend", "size_mb", "top1", "macro_f1", "agreement_with_reference",
-                     "batch", "stage", *STAT_COLUMNS])
+                     "batch", "stage", *STAT_COLUMNS, "warnings"])
+    run_warnings = " | ".join(warnings)
     for entry in models:
         acc = entry.get("accuracy") or {}
         ident = [entry["path"], entry["precision"], entry["backend"], f"{entry['size_mb']:.3f}",
                  _fmt(acc.get("top1"), 6), _fmt(acc.get("macro_f1"), 6), _fmt(entry.get("agreement_with_reference"), 6)]
         for batch, stages in entry["latency"].items():
             for stage, stats in stages.items():
-                writer.writerow([*ident, batch, stage, *(_fmt(stats[k], 4) for k in STAT_COLUMNS)])
+                writer.writerow([*ident, batch, stage, *(_fmt(stats[k], 4) for k in STAT_COLUMNS), run_warnings])
     return buffer.getvalue()
 
 
@@ -119,7 +181,7 @@ def write_report(folder: os.PathLike, report: Dict) -> List[Path]:
     """report.json and report.csv in `folder` (atomic writes); returns the paths written."""
     folder = Path(folder)
     json_path = atomic_write_json(folder / "report.json", report)
-    csv_path = atomic_write_bytes(folder / "report.csv", csv_text(report["models"]).encode())
+    csv_path = atomic_write_bytes(folder / "report.csv", csv_text(report["models"], report.get("warnings", ())).encode())
     return [json_path, csv_path]
 
 
@@ -130,6 +192,10 @@ def environment_markdown(env: Dict[str, object]) -> str:
              f"- Date (UTC): {env['date']}", f"- Versions: {versions}"]
     if env.get("load_average"):
         lines.append(f"- Load average at the end (1/5/15 min): {env['load_average']}")
+    cores = env.get("cores_available") or env.get("cores")
+    busy = busy_machine_warning({"at the end": env.get("load_average")}, int(cores)) if cores else None
+    if busy:
+        lines.append(f"- **WARNING:** {busy}")
     return "\n".join(lines)
 
 

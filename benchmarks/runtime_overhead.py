@@ -10,7 +10,6 @@ same machine noise. Without --model it exports a random-weight tf_efficientnetv2
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fer_edge.benchmarks.report import add_timing_arguments, environment, publish_result
+from fer_edge.cli_support import new_parser, run_cli
 
 TARGET_OVERHEAD_B1 = 0.10
 
@@ -73,32 +73,32 @@ def verdict(rows: List[Dict]) -> str:
             f"{r['preprocess_only']['p50_ms'] * 1000:.0f} us p50).")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.runtime_overhead", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m fer_edge.benchmarks.runtime_overhead"
+
+
+def build_parser():
+    parser = new_parser(PROG, description=__doc__)
     parser.add_argument("--model", metavar="PATH", help="an .onnx artifact (default: export a random-weight 48 px model)")
     add_timing_arguments(parser, warmup=20, iterations=300)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
     from fer_edge.benchmarks.compare_torch_ort import parse_ints
-    from fer_edge.runtime.errors import FerEdgeError
     from fer_edge.runtime.model import load
 
     batches = parse_ints(args.batch)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            if args.model:
-                path, weights = Path(args.model), f"`{Path(args.model).name}`"
-            else:
-                from fer_edge.benchmarks.untrained_model import build_untrained, export_untrained
-                path = export_untrained(*build_untrained(48), Path(tmp) / "untrained_48.onnx")
-                weights = "tf_efficientnetv2_b0, 1 channel, 7 classes, 48 px, **random weights**"
-            model = load(path, threads=args.threads)
-        except FerEdgeError as exc:
-            print(f"runtime_overhead: error: {exc}", file=sys.stderr)
-            return 2
+        if args.model:
+            path, weights = Path(args.model), f"`{Path(args.model).name}`"
+        else:
+            from fer_edge.benchmarks.untrained_model import build_untrained, export_untrained
+            path = export_untrained(*build_untrained(48), Path(tmp) / "untrained_48.onnx")
+            weights = "tf_efficientnetv2_b0, 1 channel, 7 classes, 48 px, **random weights**"
+        model = load(path, threads=args.threads)
         rows = measure(model, batches, args.warmup, args.iterations, not args.no_progress)
-    env = environment("python -m fer_edge.benchmarks.runtime_overhead " + shlex.join(argv))
+    env = environment(f"{PROG} " + shlex.join(argv))
     publish_result(
         "Runtime overhead: model.predict() vs a bare InferenceSession.run", env,
         f"Model: {weights}; ONNX Runtime CPU, {args.threads} intra-op threads, one session shared by both paths. "
@@ -110,6 +110,10 @@ def main(argv=None) -> int:
         "the uncontended time.",
         markdown(rows), verdict(rows), rows, args.out)
     return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(PROG, _main, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Writes <out>.md and <out>.json. Every calibration runs with a fresh cache, so ti
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -21,6 +20,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from fer_edge.benchmarks.report import environment, environment_markdown
+from fer_edge.cli_support import new_parser, run_cli
 from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json, sidecar_contract
 from fer_edge.runtime.errors import FerEdgeError
 
@@ -161,9 +161,11 @@ def render(r: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_edge.calibration.benchmark_int8", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m fer_edge.calibration.benchmark_int8"
+
+
+def build_parser():
+    parser = new_parser(PROG, description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--fp32", help="FP32 ONNX artifact written by fer-export")
     source.add_argument("--checkpoint", help="export this checkpoint to FP32 ONNX first, as fer-export does")
@@ -178,22 +180,26 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "uses for the bundled model) and gate it on the same --val faces")
     parser.add_argument("--note", default="", help="a line printed under the title (e.g. which model this is)")
     parser.add_argument("--out", default="benchmarks/results/int8_reference", help="output stem (.md and .json)")
-    args = parser.parse_args(argv)
-    command = "python -m fer_edge.calibration.benchmark_int8 " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    try:
-        fp32 = Path(args.fp32) if args.fp32 else export_checkpoint(
-            args.checkpoint, Path(tempfile.mkdtemp(prefix="fer-int8-fp32-")), args.val, args.val_split)
-        synthetic = args.synthetic
-        if synthetic == "shipped":
-            from .synthesize import shipped_set_for_reference_model
-            synthetic = str(shipped_set_for_reference_model())
-        run(fp32, args.calib, args.calib_split, args.val, args.val_split, args.methods.split(","),
-            args.calib_count, Path(args.out), command, args.note, synthetic)
-    except FerEdgeError as exc:
-        print(f"benchmark_int8: error: {exc}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def _main(argv: List[str]) -> int:
+    args = build_parser().parse_args(argv)
+    command = f"{PROG} " + " ".join(shlex.quote(a) for a in argv)
+    fp32 = Path(args.fp32) if args.fp32 else export_checkpoint(
+        args.checkpoint, Path(tempfile.mkdtemp(prefix="fer-int8-fp32-")), args.val, args.val_split)
+    synthetic = args.synthetic
+    if synthetic == "shipped":
+        from .synthesize import shipped_set_for_reference_model
+        synthetic = str(shipped_set_for_reference_model())
+    run(fp32, args.calib, args.calib_split, args.val, args.val_split, args.methods.split(","),
+        args.calib_count, Path(args.out), command, args.note, synthetic)
     print(f"wrote {args.out}.md and {args.out}.json")
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_cli(PROG, _main, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,10 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from .int8_export import DEFAULT_METHOD, Int8Options, export_int8, resolve_calibration
+from fer_edge.runtime.contract import ModelContract
+
+from .int8_export import (DEFAULT_METHOD, CalibrationSet, Int8Options, export_int8, load_calibration,
+                          resolve_calibration)
 from .quantize import METHODS, TARGETS
 from .sources import DEFAULT_FRAME_STEP
 
@@ -87,11 +90,22 @@ def options_from_args(args: argparse.Namespace) -> Int8Options:
 
 
 def check_int8_args(args: argparse.Namespace) -> Optional[str]:
-    """Run before the FP32 export so a missing calibration set fails fast; returns the calibration source."""
+    """Run before anything is read, so a missing calibration set fails at once; returns the calibration source."""
     if not args.int8:
         return None
+    if args.calib_cache:
+        from fer_edge.export.exporter import check_output_folder
+        check_output_folder(args.calib_cache, "--calib-cache")
     return resolve_calibration(options_from_args(args), reference_model=args.checkpoint is None)
 
 
-def run_int8(args: argparse.Namespace, calib_source: str, fp32_path: Path, command: List[str]) -> Path:
-    return export_int8(fp32_path, options_from_args(args), calib_source, out_dir=Path(args.out), command=command)
+def read_int8_calibration(args: argparse.Namespace, calib_source: Optional[str],
+                          contract: ModelContract) -> Optional[CalibrationSet]:
+    """Read and check the calibration and validation faces once, before the FP32 export; None without --int8."""
+    if calib_source is None:
+        return None
+    return load_calibration(options_from_args(args), calib_source, contract)
+
+
+def run_int8(args: argparse.Namespace, calibration: CalibrationSet, fp32_path: Path, command: List[str]) -> Path:
+    return export_int8(fp32_path, options_from_args(args), calibration, out_dir=Path(args.out), command=command)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import numpy as np
 
-from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json, sha256_file, sidecar_contract, sidecar_path
+from fer_edge.benchmarks.datasets import FaceSet
+from fer_edge.runtime.artifact_io import remove_stale_temp_files, sha256_file, sidecar_contract
 from fer_edge.runtime.contract import ModelContract
 from fer_edge.runtime.errors import ContractError, DataError
 from fer_edge.runtime.preprocess import prepare_batch
@@ -56,6 +57,57 @@ def resolve_calibration(options: Int8Options, reference_model: bool) -> str:
     raise DataError("--int8 needs --calib PATH for your checkpoint. " + sources.WHAT_CALIBRATION_IS)
 
 
+@dataclass
+class CalibrationSet:
+    """Calibration and validation faces, read and checked once (before the FP32 export when run by fer-export)."""
+    source: FaceSet          # everything the calibration source held
+    calib: FaceSet           # the sample the ranges are computed on
+    val: FaceSet             # the gate's faces: --val, else a slice of the source held apart from `calib`
+    held_apart: bool         # True when `val` is that slice
+    contract: ModelContract  # the contract the faces were read for (video crops follow its crop margin)
+
+
+# Contract fields that decide how faces are read and labelled; an artifact that differs in one needs a re-read.
+_FACE_FIELDS = ("labels", "channels", "input_size", "crop_margin", "color_order")
+
+
+def _read_role(path: str, role: str, flag: str, split: Optional[str], options: Int8Options,
+               contract: ModelContract) -> FaceSet:
+    try:
+        faces = sources.load_source(path, contract.labels, split, options.calib_frame_step, contract=contract,
+                                    detector=options.calib_detector)
+    except DataError as exc:  # name the flag: the reader's message names only the path
+        raise DataError(f"{flag} {exc}") from None
+    sources.check_fits_model(faces, contract, role)
+    return faces
+
+
+def load_calibration(options: Int8Options, calib_source: str, contract: ModelContract,
+                     log: Callable[[str], None] = print) -> CalibrationSet:
+    """Read the calibration (and --val) faces and check there are enough readable ones for the sample and gate."""
+    from .synthesize import SHIPPED_SET
+    if Path(calib_source).resolve() == SHIPPED_SET:
+        log(f"calibration: no --calib given, so the shipped synthetic set {SHIPPED_SET.name} is used: images "
+            "synthesised from the reference model's own BatchNorm statistics (no faces). Real faces from your "
+            "camera calibrate better: pass --calib PATH (docs/int8.md compares the two).")
+    faces = _read_role(calib_source, "calibration", "--calib", options.calib_split, options, contract)
+    if options.val:
+        val = _read_role(options.val, "validation", "--val", options.val_split, options, contract)
+        calib, _ = sources.split_calibration(faces, options.calib_count, options.calib_seed, holdout=False)
+    else:
+        calib, val = sources.split_calibration(faces, options.calib_count, options.calib_seed, holdout=True)
+    return CalibrationSet(faces, calib, val, not options.val, contract)
+
+
+def _check_read_for(calibration: CalibrationSet, contract: ModelContract, fp32_path: Path) -> None:
+    read_for = {k: getattr(calibration.contract, k) for k in _FACE_FIELDS}
+    needed = {k: getattr(contract, k) for k in _FACE_FIELDS}
+    if read_for != needed:
+        differ = sorted(k for k in _FACE_FIELDS if read_for[k] != needed[k])
+        raise ContractError(f"{fp32_path}: the calibration faces were read for another contract (differs in "
+                            f"{differ}); read them with load_calibration(options, source, <this artifact's contract>)")
+
+
 def _prepare(faces, contract: ModelContract, what: str = "calibration") -> np.ndarray:
     from tqdm import tqdm
     chunks = []
@@ -90,10 +142,21 @@ def _ranges(fp32: bytes, tensors: np.ndarray, contract: ModelContract, tkey, cac
     return ranges, key, False
 
 
-def export_int8(fp32_path: Path, options: Int8Options, calib_source: str, out_dir: Optional[Path] = None,
-                log: Callable[[str], None] = print, command: Optional[List[str]] = None) -> Path:
-    """Quantize a fer-export FP32 artifact; return the INT8 artifact path (written only if the gate passes)."""
-    from fer_edge.export.exporter import artifact_name
+def _quantization_summary(target: str) -> dict:
+    return {"format": "QDQ", "target": target,
+            "activations": "int8 symmetric per-tensor" if target == "tensorrt"
+            else "uint8 asymmetric per-tensor (ONNX Runtime CPU only)",
+            "weights": "int8 symmetric per-channel (axis 0)",
+            "op_types": list(quantize.QUANTIZED_OP_TYPES), "bias": "float"}
+
+
+def export_int8(fp32_path: Path, options: Int8Options, calib_source: Union[str, CalibrationSet],
+                out_dir: Optional[Path] = None, log: Callable[[str], None] = print,
+                command: Optional[List[str]] = None) -> Path:
+    """Quantize a fer-export FP32 artifact; return the INT8 artifact path (written only if the gate passes).
+
+    calib_source: a calibration source path, or the CalibrationSet that load_calibration read from one."""
+    from fer_edge.export.exporter import artifact_name, write_export_artifact
     from fer_edge.export.onnx_export import embed_contract, graph_summary
     import onnx
 
@@ -105,25 +168,17 @@ def export_int8(fp32_path: Path, options: Int8Options, calib_source: str, out_di
     out_dir = Path(out_dir) if out_dir else fp32_path.parent
     fp32 = fp32_path.read_bytes()
 
-    from .synthesize import SHIPPED_SET
-    if Path(calib_source).resolve() == SHIPPED_SET:
-        log(f"calibration: no --calib given, so the shipped synthetic set {SHIPPED_SET.name} is used: images "
-            "synthesised from the reference model's own BatchNorm statistics (no faces). Real faces from your "
-            "camera calibrate better: pass --calib PATH (docs/int8.md compares the two).")
-    faces = sources.load_source(calib_source, contract.labels, options.calib_split, options.calib_frame_step,
-                                contract=contract, detector=options.calib_detector)
-    sources.check_fits_model(faces, contract, "calibration")
-    if options.val:
-        val_faces = sources.load_source(options.val, contract.labels, options.val_split, options.calib_frame_step,
-                                        contract=contract, detector=options.calib_detector)
-        sources.check_fits_model(val_faces, contract, "validation")
-        calib_faces, _ = sources.split_calibration(faces, options.calib_count, options.calib_seed, holdout=False)
+    if isinstance(calib_source, CalibrationSet):
+        _check_read_for(calib_source, contract, fp32_path)
+        calibration = calib_source
     else:
-        calib_faces, val_faces = sources.split_calibration(faces, options.calib_count, options.calib_seed, holdout=True)
+        calibration = load_calibration(options, calib_source, contract, log)
+    remove_stale_temp_files(out_dir)  # temp files of an earlier run that was killed
+    faces, calib_faces, val_faces = calibration.source, calibration.calib, calibration.val
     log(f"calibration: {len(calib_faces)} faces from {faces.source} "
         f"({'stratified by class' if faces.labelled else 'unlabelled'}, seed {options.calib_seed}); "
         f"validation: {len(val_faces)} faces from {val_faces.source}"
-        + ("" if options.val else " (held apart from the calibration images)"))
+        + (" (held apart from the calibration images)" if calibration.held_apart else ""))
 
     cache = CalibrationCache(Path(options.calib_cache) if options.calib_cache else out_dir / ".calib-cache",
                              artifact_name(contract, "int8", ""), log)
@@ -144,31 +199,23 @@ def export_int8(fp32_path: Path, options: Int8Options, calib_source: str, out_di
     proto = onnx.load_from_string(result.model)
     embed_contract(proto, int8_contract)
     path = out_dir / artifact_name(contract, "int8")
-    atomic_write_bytes(path, proto.SerializeToString())
     total_s = time.perf_counter() - start
-    calibration = {"method": options.calib_method, "count": len(calib_faces), "seed": options.calib_seed,
-                   "source": faces.source, "hash": rkey.digest, "tensors_hash": tkey.digest,
-                   "cache": {"dir": str(cache.dir), "tensors_reused": tensors_hit, "ranges_reused": ranges_hit},
-                   "ranged_tensors": len(ranges), "ranges_seconds": round(ranges_s, 2)}
+    calibration_report = {"method": options.calib_method, "count": len(calib_faces), "seed": options.calib_seed,
+                          "source": faces.source, "hash": rkey.digest, "tensors_hash": tkey.digest,
+                          "cache": {"dir": str(cache.dir), "tensors_reused": tensors_hit, "ranges_reused": ranges_hit},
+                          "ranged_tensors": len(ranges), "ranges_seconds": round(ranges_s, 2)}
     gate_report = {"rule": rule.describe(val_faces.labelled), "max_drop": options.max_drop,
                    "min_agreement": options.min_agreement, "validation": val_faces.source,
-                   "validation_count": len(val_faces), "held_apart_from_calibration": not options.val,
+                   "validation_count": len(val_faces), "held_apart_from_calibration": calibration.held_apart,
                    "before": result.before.as_dict(), "after": result.after.as_dict(),
                    "kept_in_higher_precision": {"blocks": result.excluded_groups, "nodes": result.excluded_nodes},
                    "sensitivity": [r.as_dict() for r in result.sensitivity], "steps": result.steps,
                    "gate_seconds": round(result.seconds, 2), "total_seconds": round(total_s, 2)}
-    atomic_write_json(sidecar_path(path), {
-        "contract": int8_contract.to_dict(),
-        "artifact": {"kind": "onnx", "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                     "quantization": {"format": "QDQ", "target": options.target,
-                                      "activations": "int8 symmetric per-tensor" if options.target == "tensorrt"
-                                      else "uint8 asymmetric per-tensor (ONNX Runtime CPU only)",
-                                      "weights": "int8 symmetric per-channel (axis 0)",
-                                      "op_types": list(quantize.QUANTIZED_OP_TYPES), "bias": "float"},
-                     **graph_summary(proto)},
-        "calibration": calibration, "gate": gate_report,
-        "export": {"from": fp32_path.name, "from_sha256": sha256_file(fp32_path), "command": command or []},
-    })
+    write_export_artifact(path, proto.SerializeToString(), int8_contract,
+                          artifact={"quantization": _quantization_summary(options.target), **graph_summary(proto)},
+                          calibration=calibration_report, gate=gate_report,
+                          export={"from": fp32_path.name, "from_sha256": sha256_file(fp32_path),
+                                  "command": command or []})
     kept = ", ".join(result.excluded_groups) or "none"
     log(f"int8: method {options.calib_method}, {len(calib_faces)} calibration faces (hash {rkey.digest}); "
         f"kept in higher precision: {kept}")

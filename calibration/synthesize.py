@@ -14,7 +14,6 @@ and the provenance (weights sha256, steps, seed, final BatchNorm loss). Needs to
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
+
+from fer_edge.cli_support import new_parser, run_cli
 
 SHIPPED_SET = Path(__file__).resolve().parent / "synthetic" / "reference_bn_synth.npz"
 REGENERATE = "python -m fer_edge.calibration.synthesize"
@@ -172,38 +173,43 @@ def batchnorm_loss(model, x) -> float:
         return float(_mean_mismatch(captured, layers))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_edge.calibration.synthesize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m fer_edge.calibration.synthesize"
+
+
+def build_parser():
+    parser = new_parser(PROG, description=__doc__)
     parser.add_argument("--checkpoint", help="weights to synthesise from (default: the bundled reference model)")
     parser.add_argument("--out", default=str(SHIPPED_SET), help=f"npz to write (default {SHIPPED_SET.name} in "
                                                                   "calibration/synthetic/)")
-    defaults = SynthesisOptions()
-    for field, value in asdict(defaults).items():
+    for field, value in asdict(SynthesisOptions()).items():
         parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=value,
                             help=f"(default {value})")
-    args = parser.parse_args(argv)
-    options = SynthesisOptions(**{f: getattr(args, f) for f in asdict(defaults)})
-    from fer_edge.export.exporter import prepare_model
+    return parser
+
+
+def _main(argv: List[str]) -> int:
+    args = build_parser().parse_args(argv)
+    options = SynthesisOptions(**{f: getattr(args, f) for f in asdict(SynthesisOptions())})
+    from fer_edge.export.exporter import check_output_folder, prepare_model
     from fer_edge.runtime.artifact_io import atomic_write_bytes
-    from fer_edge.runtime.errors import FerEdgeError
-    try:
-        prepared = prepare_model(checkpoint=args.checkpoint)
-    except FerEdgeError as exc:
-        print(f"synthesize: error: {exc}", file=sys.stderr)
-        return 2
+    check_output_folder(Path(args.out).parent, "--out")  # before minutes of synthesis, not after
+    prepared = prepare_model(checkpoint=args.checkpoint)
     contract = prepared.contract
     result = synthesize(prepared.model, contract, options)
     provenance = {"weights_sha256": contract.source_weights_sha256, "arch": contract.arch,
                   "input_size": contract.input_size, "channels": contract.channels, "options": asdict(options),
                   "bn_loss_per_batch": result["bn_loss"], "seconds": round(result["seconds"], 1),
-                  "command": "python -m fer_edge.calibration.synthesize " + shlex.join(argv or sys.argv[1:])}
+                  "command": f"{PROG} " + shlex.join(argv)}
     import io
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=result["x"], provenance=np.array(json.dumps(provenance)))
     atomic_write_bytes(Path(args.out), buffer.getvalue())
     print(f"wrote {args.out} ({len(result['x'])} images)")
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_cli(PROG, _main, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

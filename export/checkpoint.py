@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -71,36 +72,103 @@ def _extract_state_dict(obj: Any, path: Path) -> tuple:
                           f"(top-level keys: {sorted(obj)[:10]})")
 
 
+def _check_readable(path: Path) -> None:
+    """A plain, non-empty file we may open: the cheap checks that run before any unpickling."""
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file; pass the .pt/.pth/.safetensors file in it")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; check the path")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot open the checkpoint ({exc.strerror}); make it readable "
+                              "(chmod a+r) or copy it somewhere you can read") from None
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: is empty (0 bytes), so the copy or download did not finish; "
+                              "copy the checkpoint again")
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    """The first sentence of an error text: torch appends paragraphs of generic advice."""
+    line = (text.strip().splitlines() or [""])[0]
+    return line.split(". ")[0][:limit]
+
+
+def _unpickling_detail(exc: BaseException) -> str:
+    """The specific reason inside torch's long weights_only message (after 'WeightsUnpickler error:')."""
+    text = str(exc)
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    if marker:
+        lines = [line.strip() for line in rest.splitlines() if line.strip()]
+        return lines[0][:200] if lines else _first_line(text)
+    return _first_line(text)
+
+
+# torch names the class or function a real pickle needs: "Unsupported global: GLOBAL argparse.Namespace was not
+# an allowed global by default". Random bytes fail earlier, e.g. "Unsupported operand 177", "invalid load key" or
+# "PytorchStreamReader failed reading zip archive".
+_NEEDS_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+def _not_a_checkpoint(path: Path, exc: BaseException) -> CheckpointError:
+    reason = _unpickling_detail(exc) if isinstance(exc, pickle.UnpicklingError) else _first_line(str(exc))
+    return CheckpointError(
+        f"{path}: not a readable PyTorch checkpoint; the file is corrupt, truncated or not written by torch.save "
+        f"({type(exc).__name__}: {reason or 'no details'}). Copy or download it again and compare its size and "
+        "sha256 with the original, or pass the right file.")
+
+
+def _torch_load(path: Path, allow_pickle: bool):
+    """torch.load without running code from the file unless allowed; a corrupt file never asks for --allow-pickle."""
+    import torch
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError... on bad files
+        if not allow_pickle:
+            needs = _NEEDS_GLOBAL.search(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+            if needs is None:
+                raise _not_a_checkpoint(path, exc) from None
+            raise CheckpointError(
+                f"{path}: this checkpoint holds a Python object ({needs.group(1)}) that only arbitrary unpickling "
+                "can load, and unpickling can run code hidden in the file. Only if you trust its source, re-run "
+                "with --allow-pickle; better, save a plain state_dict: "
+                "torch.save(model.state_dict(), 'weights.pt').") from None
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError) as exc:  # a real pickle whose classes live in code not installed here
+        raise CheckpointError(f"{path}: unpickling it needs code that is not importable here ({exc}); export on "
+                              "the machine with the training code, or re-save a plain state_dict there: "
+                              "torch.save(model.state_dict(), 'weights.pt')") from None
+    except Exception as exc:  # opted in, and the full unpickler failed too: the file itself is broken
+        raise _not_a_checkpoint(path, exc) from None
+
+
+def _load_safetensors(path: Path) -> tuple:
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(str(exc))}); the file is "
+                              "corrupt or truncated: copy or download it again") from None
+    try:
+        meta = json.loads(header["fer_edge"]) if "fer_edge" in header else {}
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: its 'fer_edge' metadata is not valid JSON ({exc}); re-save the file "
+                              "with fer-train ship") from None
+    return state, meta
+
+
 def load_checkpoint(path, allow_pickle: bool = False) -> Checkpoint:
     """Load weights without executing code: torch.load(weights_only=True) or safetensors."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    import torch
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        try:
-            from safetensors import safe_open
-            with safe_open(str(path), framework="pt") as fh:
-                header = fh.metadata() or {}
-                state = {k: fh.get_tensor(k) for k in fh.keys()}
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-        meta = json.loads(header["fer_edge"]) if "fer_edge" in header else {}
+    _check_readable(path)
+    if path.suffix.lower() == ".safetensors":
+        state, meta = _load_safetensors(path)
     else:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if not allow_pickle:
-                raise CheckpointError(
-                    f"{path}: this checkpoint needs arbitrary unpickling, which can run code hidden in the file "
-                    f"({str(exc).splitlines()[0][:160]}). Only if you trust its source, re-run with --allow-pickle; "
-                    "better, save a plain state_dict: torch.save(model.state_dict(), 'weights.pt').") from None
-            obj = torch.load(str(path), map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:160]})") from None
-        state, meta = _extract_state_dict(obj, path)
+        state, meta = _extract_state_dict(_torch_load(path, allow_pickle), path)
     state = {k: v.float() if v.is_floating_point() else v for k, v in _strip_prefixes(dict(state)).items()}
     return Checkpoint(path=path, sha256=sha256_file(path), state_dict=state, meta=meta)
 

@@ -5,8 +5,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from fer_edge.cli_support import EXIT_OK, new_parser, run_cli
 from fer_edge.runtime.contract import INTERPOLATIONS
-from fer_edge.runtime.errors import FerEdgeError
 from fer_edge.runtime.labels import parse_labels
 
 EXAMPLES = """examples:
@@ -35,9 +35,8 @@ def _labels(text: str) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fer-export", description="Export a timm EfficientNetV2 FER checkpoint to deployable ONNX artifacts.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("fer-export", description="Export a timm EfficientNetV2 FER checkpoint to deployable ONNX "
+                        "artifacts.", epilog=EXAMPLES)
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", metavar="PATH",
                        help=".pt/.pth state_dict or training checkpoint, or .safetensors (default: the bundled reference model)")
@@ -69,35 +68,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _engine_from_onnx(args: argparse.Namespace) -> int:
+    from fer_edge.export.engine_cli import build_engines
+    from fer_edge.export.exporter import check_output_folder
+    check_output_folder(args.out)
+    for path in build_engines(args, {}):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace, command: List[str]) -> int:
+    """Every check first (arguments, output folder, checkpoint, data, calibration faces), then the long work."""
+    from fer_edge.calibration.int8_cli import check_int8_args, read_int8_calibration, run_int8
+    from fer_edge.export.engine_cli import build_engines, check_engine_args
+    from fer_edge.export.exporter import check_export_inputs, export_checked
+    calib_source = check_int8_args(args)
+    check_engine_args(args)
+    inputs = check_export_inputs(
+        checkpoint=args.checkpoint, arch=args.arch, img_size=args.img_size, labels=args.labels, out_dir=args.out,
+        parity_data=args.parity_data, parity_split=args.parity_split, parity_count=args.parity_count,
+        allow_pickle=args.allow_pickle, mean=args.mean, std=args.std, interpolation=args.interpolation,
+        crop_margin=args.crop_margin)
+    calibration = read_int8_calibration(args, calib_source, inputs.contract)
+
+    written = export_checked(inputs, fp16=args.fp16, opset=args.opset, command=command)
+    paths = {precision: artifact.path for precision, artifact in written.items()}
+    for artifact in written.values():
+        print(f"wrote {artifact.path}\nwrote {artifact.sidecar}")
+    if calibration is not None:
+        paths["int8"] = run_int8(args, calibration, paths["fp32"], command)
+        print(f"wrote {paths['int8']}\nwrote {paths['int8']}.json")
+    if args.engine:
+        for path in build_engines(args, paths):
+            print(f"wrote {path}")
+    return EXIT_OK
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.onnx and not args.engine:
-        parser.error("--onnx names the source of an engine build; add --engine")
-    from fer_edge.calibration.int8_cli import check_int8_args, run_int8
-    from fer_edge.export.engine_cli import run_engine_step
-    from fer_edge.export.exporter import export_model
-    if args.onnx:  # engine from an existing ONNX: nothing to export
-        return run_engine_step(args, {})
-    command = ["fer-export"] + list(sys.argv[1:] if argv is None else argv)
-    try:
-        calib_source = check_int8_args(args)  # fail before exporting when INT8 has no calibration set
-        written = export_model(
-            checkpoint=args.checkpoint, arch=args.arch, img_size=args.img_size, labels=args.labels, fp16=args.fp16,
-            out_dir=args.out, parity_data=args.parity_data, parity_split=args.parity_split,
-            parity_count=args.parity_count, opset=args.opset, command=command,
-            mean=args.mean, std=args.std, interpolation=args.interpolation, crop_margin=args.crop_margin,
-            allow_pickle=args.allow_pickle)
-        paths = {precision: artifact.path for precision, artifact in written.items()}
-        for artifact in written.values():
-            print(f"wrote {artifact.path}\nwrote {artifact.sidecar}")
-        if calib_source is not None:
-            paths["int8"] = run_int8(args, calib_source, paths["fp32"], command)
-            print(f"wrote {paths['int8']}\nwrote {paths['int8']}.json")
-    except FerEdgeError as exc:
-        print(f"fer-export: error: {exc}", file=sys.stderr)
-        return 2
-    return run_engine_step(args, paths) if args.engine else 0
+    def body(arguments: List[str]) -> int:
+        parser = build_parser()
+        args = parser.parse_args(arguments)
+        if args.onnx and not args.engine:
+            parser.error("--onnx names the source of an engine build; add --engine")
+        if args.onnx:  # engine from an existing ONNX: nothing to export
+            return _engine_from_onnx(args)
+        return _export(args, ["fer-export"] + arguments)
+    return run_cli("fer-export", body, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

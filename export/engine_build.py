@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import fer_edge
-from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json, read_sidecar, sha256_file, sidecar_path
+from fer_edge.runtime.artifact_io import (atomic_write_bytes, atomic_write_json, read_sidecar,
+                                          remove_stale_temp_files, sha256_file, sidecar_path, write_artifact)
 from fer_edge.runtime.contract import METADATA_KEY, ModelContract
 from fer_edge.runtime.engine_compat import HARDWARE_COMPAT_LEVELS
 from fer_edge.runtime.errors import ContractError, FerEdgeError, ModelLoadError
@@ -364,7 +365,6 @@ def build_engine(onnx_path: os.PathLike, out_dir: Optional[os.PathLike] = None,
         save_timing_cache(options.timing_cache, cache_data, cache_key)
         cache_info["saved_bytes"] = len(cache_data)
 
-    atomic_write_bytes(engine_path, data)
     meta = {
         "flavour": trt_flavour.name, "version": trt_flavour.version, "strongly_typed": network_typed,
         "version_compatible": options.version_compatible, "hardware_compat": options.hardware_compat,
@@ -378,10 +378,7 @@ def build_engine(onnx_path: os.PathLike, out_dir: Optional[os.PathLike] = None,
         "fer_edge": fer_edge.__version__,
         "rebuild_args": rebuild_args(onnx_path, engine_path.parent, options, trt_flavour.name),
     }
-    payload = {"contract": contract.to_dict(),
-               "artifact": {"kind": "engine", "file": engine_path.name, "sha256": sha256_file(engine_path),
-                            "bytes": engine_path.stat().st_size},
-               "engine": meta}
-    atomic_write_json(sidecar_path(engine_path), payload)
+    remove_stale_temp_files(engine_path.parent)  # temp files of an earlier build that was killed
+    write_artifact(engine_path, data, contract, "engine", engine=meta)
     log(f"  built in {seconds:.1f}s, {len(data) / 1e6:.1f} MB")
     return BuiltEngine(engine_path, sidecar_path(engine_path), contract, meta)

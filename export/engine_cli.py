@@ -56,6 +56,15 @@ def engine_sources(args: argparse.Namespace, paths: Dict[str, Path]) -> List[Pat
     return []
 
 
+def check_engine_args(args: argparse.Namespace) -> None:
+    """Refuse bad build options and a missing TensorRT before the ONNX export, not after it."""
+    if not args.engine:
+        return
+    engine_options(args)
+    from fer_edge.runtime.trt_import import import_builder
+    import_builder(args.trt)
+
+
 def build_engines(args: argparse.Namespace, paths: Dict[str, Path],
                   log: Callable[[str], None] = print) -> List[Path]:
     from fer_edge.export.engine_build import build_engine
@@ -65,16 +74,3 @@ def build_engines(args: argparse.Namespace, paths: Dict[str, Path],
         result = build_engine(onnx_path, out_dir=args.out, options=options, flavour=args.trt, log=log)
         built += [result.path, result.sidecar]
     return built
-
-
-def run_engine_step(args: argparse.Namespace, paths: Dict[str, Path]) -> int:
-    """Build the requested engine(s) from {precision: onnx path}; print what was written; 2 on a clear error."""
-    import sys
-    from fer_edge.runtime.errors import FerEdgeError
-    try:
-        for path in build_engines(args, paths):
-            print(f"wrote {path}")
-    except FerEdgeError as exc:
-        print(f"fer-export: error: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -6,9 +6,11 @@
         print(face.label, face.score)
 """
 from .contract import ModelContract
-from .errors import BackendUnavailableError, ContractError, DataError, FerEdgeError, ModelLoadError
+from .errors import (BackendUnavailableError, ContractError, DataError, FerEdgeError, InputError, IntegrityWarning,
+                     ModelLoadError)
 from .model import FacePrediction, FerModel, load, softmax
 from .preprocess import crop_face, prepare_batch
 
 __all__ = ["load", "FerModel", "FacePrediction", "ModelContract", "prepare_batch", "crop_face", "softmax",
-           "FerEdgeError", "ContractError", "ModelLoadError", "BackendUnavailableError", "DataError"]
+           "FerEdgeError", "ContractError", "ModelLoadError", "BackendUnavailableError", "DataError", "InputError",
+           "IntegrityWarning"]

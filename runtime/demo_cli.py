@@ -15,6 +15,8 @@ from typing import Optional
 
 import cv2
 
+from fer_edge.cli_support import new_parser, run_cli
+
 from .artifact_io import atomic_write_bytes
 from .errors import FerEdgeError
 
@@ -34,9 +36,8 @@ Ctrl-C stops cleanly: the output video and JSON Lines file are finalised.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fer-demo", description="Facial-expression recognition on images, videos and "
-                                "cameras: detect faces, classify them in one batch, track and smooth per person.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("fer-demo", description="Facial-expression recognition on images, videos and cameras: detect "
+                   "faces, classify them in one batch, track and smooth per person.", epilog=EPILOG)
     p.add_argument("source", metavar="SOURCE", help="image, image folder, video file, webcam index (0) or rtsp/http URL")
     p.add_argument("--model", help="FER artifact (.onnx, or .engine for TensorRT); default: the bundled reference model")
     p.add_argument("--detector", help="YuNet face detector .onnx; default: OpenCV's Haar cascade")
@@ -251,20 +252,20 @@ def run(args) -> int:
     return 130 if interrupted else 0
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="fer-demo: %(message)s")
     if args.max_frames is not None and args.max_frames < 1:
-        print("fer-demo: error: --max-frames must be >= 1", file=sys.stderr)
-        return 2
+        raise FerEdgeError("--max-frames must be >= 1")
     try:
         return run(args)
-    except (FerEdgeError, ValueError) as exc:
-        print(f"fer-demo: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # during model loading or export, before any output was opened
-        print("fer-demo: interrupted before processing started; nothing written", file=sys.stderr)
-        return 130
+    except ValueError as exc:  # the pipeline parts check their options (--alpha, --window, YuNet sizes) with ValueError
+        raise FerEdgeError(str(exc)) from None
+
+
+def main(argv=None) -> int:
+    # Ctrl-C during processing is handled by run(); one that reaches here came during model loading or export.
+    return run_cli("fer-demo", _main, argv, interrupted="interrupted before processing started; nothing written")
 
 
 if __name__ == "__main__":

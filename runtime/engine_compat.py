@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .artifact_io import sha256_file, sidecar_path
+from .artifact_io import sidecar_path, verify_artifact
 from .errors import ModelLoadError
 from .trt_import import parse_version
 
@@ -41,22 +41,13 @@ def rebuild_command(engine_path: os.PathLike, sidecar: Optional[Dict[str, Any]])
 
 
 def verify_engine_file(path: os.PathLike, sidecar: Optional[Dict[str, Any]]) -> None:
-    """Size and sha256 against the sidecar: a truncated copy or a corrupt file is caught without TensorRT."""
+    """The engine needs a sidecar with an 'engine' section; size and sha256 are checked like every artifact's."""
     path = Path(path)
     if not sidecar or not isinstance(sidecar.get("engine"), dict):
         raise ModelLoadError(f"{path}: no engine sidecar ({sidecar_path(path).name} with an 'engine' section), so "
                              "fer-edge cannot check what GPU and TensorRT version it was built for. Rebuild it with "
                              "`fer-export --engine --onnx MODEL.onnx`, which writes both files.")
-    artifact = sidecar.get("artifact") or {}
-    size = path.stat().st_size
-    want_size, want_sha = artifact.get("bytes"), artifact.get("sha256")
-    fix = f"Copy the engine again or rebuild it: {rebuild_command(path, sidecar)}"
-    if want_size is not None and size != int(want_size):
-        raise ModelLoadError(f"{path}: the file has {size} bytes but its sidecar records {want_size} "
-                             f"({'truncated' if size < int(want_size) else 'extra bytes'}: an interrupted copy?). {fix}")
-    if want_sha and sha256_file(path) != want_sha:
-        raise ModelLoadError(f"{path}: sha256 differs from the one in its sidecar: the engine is corrupt or the "
-                             f"sidecar belongs to another engine. {fix}")
+    verify_artifact(path, sidecar, f"Copy the engine again or rebuild it: {rebuild_command(path, sidecar)}")
 
 
 def _version_problem(engine: Dict[str, Any], target: RuntimeTarget) -> Optional[str]:

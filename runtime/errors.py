@@ -19,3 +19,11 @@ class BackendUnavailableError(FerEdgeError, RuntimeError):
 
 class DataError(FerEdgeError, ValueError):
     """A dataset, image folder or calibration source cannot be read as asked."""
+
+
+class InputError(FerEdgeError, ValueError):
+    """Faces, a frame or a face box passed to predict()/crop_face() that cannot be read unambiguously."""
+
+
+class IntegrityWarning(UserWarning):
+    """An artifact loaded without a size/sha256 check (no sidecar, or a sidecar that records no hash)."""

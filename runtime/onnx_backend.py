@@ -41,6 +41,11 @@ class OnnxRuntimeBackend:
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         self.input_shape = inputs[0].shape
+        self.input_type = inputs[0].type
+        self.output_shape = outputs[0].shape or []
+        # None when the graph leaves the class axis symbolic; FerModel then checks the width on every call.
+        width = self.output_shape[-1] if self.output_shape else None
+        self.output_width: Optional[int] = width if isinstance(width, int) else None
         self.providers = self.session.get_providers()
         self.threads = threads
 
@@ -52,11 +57,33 @@ class OnnxRuntimeBackend:
         return ModelContract.from_json(text, source=f"{source} (metadata_props)")
 
     def check_contract(self, contract: ModelContract, source: str) -> None:
+        """Refuse a contract the graph contradicts: input type and shape, and output width when it is static."""
+        problems = self._input_problems(contract) + self._output_problems(contract)
+        if problems:
+            raise ContractError(f"{source}: the contract does not fit the graph: {'; '.join(problems)}. The contract "
+                                "(sidecar or embedded metadata) belongs to another model, or the model was edited "
+                                "after export; re-export it with fer-export, which writes a matching contract.")
+
+    def _input_problems(self, contract: ModelContract) -> List[str]:
+        problems = []
+        if self.input_type != "tensor(float)":
+            problems.append(f"the graph input is {self.input_type} but the contract's preprocessing produces "
+                            f"{contract.dtype}")
         static = [d for d in self.input_shape[1:] if isinstance(d, int)]
         want = [contract.channels, contract.input_size, contract.input_size]
         if len(self.input_shape) != 4 or (len(static) == 3 and static != want):
-            raise ContractError(f"{source}: the graph input is {self.input_shape} but the contract says "
-                                f"N x {want[0]} x {want[1]} x {want[2]}; the contract does not belong to this model")
+            problems.append(f"the graph input is {self.input_shape} but the contract says "
+                            f"N x {want[0]} x {want[1]} x {want[2]}")
+        return problems
+
+    def _output_problems(self, contract: ModelContract) -> List[str]:
+        if self.output_shape and len(self.output_shape) != 2:   # [] or None: rank unknown, checked per call
+            return [f"the graph output is {self.output_shape} but fer-edge needs N x classes "
+                    f"(N x {contract.num_classes})"]
+        if self.output_width is not None and self.output_width != contract.num_classes:
+            return [f"the graph outputs {self.output_width} classes but the contract lists "
+                    f"{contract.num_classes} labels {contract.labels}"]
+        return []
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]

@@ -9,6 +9,7 @@ Users with their own detector pass boxes: pipe(frame, boxes=[(x, y, w, h), ...])
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -17,12 +18,13 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .detection import Box, Detection, check_frame, create_detector, detections_from_boxes
-from .model import FerModel, load, softmax
-from .preprocess import crop_face
+from .model import FerModel, load
+from .preprocess import crop_face, face_box_problem
 from .smoothing import Smoother, SmoothingConfig
 from .tracker import IouTracker
 
 STAGES = ("detect", "crop", "classify", "smooth")
+log = logging.getLogger("fer_edge.runtime")
 
 
 @dataclass
@@ -76,6 +78,7 @@ class FerPipeline:
         self.max_faces = max_faces
         self.labels = self.model.labels
         self.last_timings: Dict[str, float] = {s: 0.0 for s in STAGES}
+        self.skipped_boxes = 0
 
     def reset(self) -> None:
         """Forget all tracks and smoothing state (e.g. when the camera scene cuts)."""
@@ -84,17 +87,30 @@ class FerPipeline:
 
     def detect(self, frame: np.ndarray) -> List[Detection]:
         faces = [d for d in self.detector.detect(frame) if min(d.box[2], d.box[3]) >= self.min_face]
+        faces = self._drop_uncroppable(frame, faces)
         if self.max_faces is not None:
             faces = sorted(faces, key=lambda d: -d.box[2] * d.box[3])[: self.max_faces]
         return faces
+
+    def _drop_uncroppable(self, frame: np.ndarray, faces: List[Detection]) -> List[Detection]:
+        """Skip boxes a glitching detector made absurd (NaN, huge, outside the frame), with a warning that counts
+        them: one bad box must not stop the stream, and must not go unnoticed."""
+        kept = []
+        for d in faces:
+            problem = face_box_problem(d.box, frame.shape, self.model.contract)
+            if problem is None:
+                kept.append(d)
+            else:
+                self.skipped_boxes += 1
+                log.warning("skipped a detector box (%s); %d skipped so far", problem, self.skipped_boxes)
+        return kept
 
     def classify(self, frame: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
         """All faces of the frame in ONE batch -> probabilities [N, K]."""
         t0 = time.perf_counter()
         tensor = self.model.preprocess([crop_face(frame, d.box, self.model.contract) for d in detections])
         t1 = time.perf_counter()
-        out = self.model.infer(tensor)
-        probs = out.astype(np.float32) if self.model.contract.output_kind == "probabilities" else softmax(out)
+        probs = self.model.to_probabilities(self.model.infer(tensor))
         t2 = time.perf_counter()
         self.last_timings["crop"] = (t1 - t0) * 1e3
         self.last_timings["classify"] = (t2 - t1) * 1e3

@@ -5,12 +5,13 @@ Export parity, calibration, the runtime, the benchmark and training evaluation a
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
 from .contract import ModelContract
+from .errors import InputError
 
 FaceInput = Union[np.ndarray, Sequence[np.ndarray]]
 
@@ -18,52 +19,83 @@ _CV2_INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR,
                "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
 
 
+# Channel counts a crop's last axis may have: gray, BGR, BGRA.
+CROP_CHANNELS = (1, 3, 4)
+# A 3-D array is read as a batch of gray crops only when each would be at least this many pixels on a side:
+# the smallest model input a contract allows is 8 px, and (48, 48, 2) as 48 crops 2 px wide is never meant.
+MIN_BATCH_CROP_SIDE = 8
+HOW_TO_PASS_FACES = ("Pass one crop as (H, W), (H, W, 1), (H, W, 3) BGR or (H, W, 4) BGRA; several as (N, H, W) gray "
+                     f"with H, W >= {MIN_BATCH_CROP_SIDE}, (N, H, W, C) with C in 1/3/4, or a list of single crops")
+
+
 def split_faces(faces: FaceInput) -> List[np.ndarray]:
     """Accept one crop or a batch and return a list of 2-D (gray) or 3-D (H, W, C) uint8 crops.
 
-    Shapes: (H, W) one gray crop; (H, W, C) with C in 1/3/4 one crop; (N, H, W) a batch of gray crops;
-    (N, H, W, C) a batch; or a list/tuple of crops of any sizes.
+    Shapes: (H, W) one gray crop; (N, H, W, C) a batch; a list/tuple of crops of any sizes, each (H, W) or
+    (H, W, C). A 3-D array is read by ONE rule:
+      * last axis 1, 3 or 4: one crop (H, W, C), gray, BGR or BGRA;
+      * otherwise, as a batch of gray crops (N, H, W), but only when H and W are both at least
+        MIN_BATCH_CROP_SIDE (8) pixels;
+      * anything else, e.g. (48, 48, 2) or (48, 48, 5), fits neither reading and raises InputError.
+    A list item is always one crop, so a 3-D item must have 1, 3 or 4 channels (the first reading); an array
+    and the list of its crops give the same predictions.
+    Raises InputError (a ValueError) naming the problem and how to pass faces instead.
     """
     if isinstance(faces, (list, tuple)):
-        if len(faces) == 0:
-            raise ValueError("faces is an empty list: pass at least one face crop")
-        crops = []
-        for i, face in enumerate(faces):
-            if not isinstance(face, np.ndarray):
-                raise ValueError(f"face {i} is a {type(face).__name__}, expected a numpy uint8 array")
-            if face.ndim not in (2, 3):
-                raise ValueError(f"face {i} has ndim {face.ndim}; each crop must be (H, W) or (H, W, C)")
-            crops.append(face)
+        crops = _crops_from_list(faces)
     elif isinstance(faces, np.ndarray):
-        if faces.size == 0:
-            raise ValueError(f"faces is empty (shape {faces.shape}): pass at least one non-empty face crop")
-        if faces.ndim == 2:
-            crops = [faces]
-        elif faces.ndim == 3 and faces.shape[-1] in (1, 3, 4):
-            crops = [faces]
-        elif faces.ndim == 3:
-            crops = list(faces)
-        elif faces.ndim == 4:
-            crops = list(faces)
-        else:
-            raise ValueError(f"faces has ndim {faces.ndim}; expected (H, W), (H, W, C), (N, H, W) or (N, H, W, C)")
+        crops = _crops_from_array(faces)
     else:
-        raise ValueError(f"faces is a {type(faces).__name__}; expected a numpy uint8 array or a list of them")
+        raise InputError(f"faces is a {type(faces).__name__}; expected a numpy uint8 array or a list of them. "
+                         f"{HOW_TO_PASS_FACES}.")
     for i, crop in enumerate(crops):
         _check_crop(crop, i)
     return crops
 
 
+def _crops_from_list(faces: Sequence) -> List[np.ndarray]:
+    if len(faces) == 0:
+        raise InputError("faces is an empty list: pass at least one face crop")
+    for i, face in enumerate(faces):
+        if not isinstance(face, np.ndarray):
+            raise InputError(f"face {i} is a {type(face).__name__}, expected a numpy uint8 array")
+        if face.ndim not in (2, 3):
+            raise InputError(f"face {i} has ndim {face.ndim}; each list item is one crop, (H, W) or (H, W, C). "
+                             "Pass a batch as one array, or list its crops one by one.")
+    return list(faces)
+
+
+def _crops_from_array(faces: np.ndarray) -> List[np.ndarray]:
+    if faces.size == 0:
+        raise InputError(f"faces is empty (shape {faces.shape}): pass at least one non-empty face crop")
+    if faces.ndim == 2 or (faces.ndim == 3 and faces.shape[-1] in CROP_CHANNELS):
+        return [faces]
+    if faces.ndim == 3 and min(faces.shape[1:]) >= MIN_BATCH_CROP_SIDE:
+        return list(faces)
+    if faces.ndim == 3:
+        n, h, w = faces.shape
+        raise InputError(f"faces has shape {faces.shape}, which fits neither reading of a 3-D array: as one crop "
+                         f"(H, W, C) its last axis would be {w} channels, but only 1, 3 or 4 are allowed; as a batch "
+                         f"of {n} gray crops (N, H, W) each crop would be {h}x{w} pixels, but both sides must be at "
+                         f"least {MIN_BATCH_CROP_SIDE}. {HOW_TO_PASS_FACES}.")
+    if faces.ndim == 4:
+        return list(faces)
+    raise InputError(f"faces has ndim {faces.ndim}; expected (H, W), (H, W, C), (N, H, W) or (N, H, W, C). "
+                     f"{HOW_TO_PASS_FACES}.")
+
+
 def _check_crop(crop: np.ndarray, index: int) -> None:
     if crop.dtype != np.uint8:
         if np.issubdtype(crop.dtype, np.floating) and np.isnan(crop).any():
-            raise ValueError(f"face {index} contains NaN values; pass uint8 pixel data (0..255)")
-        raise ValueError(f"face {index} has dtype {crop.dtype}; pass uint8 pixels (0..255), "
+            raise InputError(f"face {index} contains NaN values; pass uint8 pixel data (0..255)")
+        raise InputError(f"face {index} has dtype {crop.dtype}; pass uint8 pixels (0..255), "
                          "e.g. frame[y0:y1, x0:x1] from cv2, or np.clip(x, 0, 255).astype(np.uint8)")
-    if crop.ndim == 3 and crop.shape[2] not in (1, 3, 4):
-        raise ValueError(f"face {index} has {crop.shape[2]} channels; expected 1 (gray), 3 (BGR) or 4 (BGRA)")
+    if crop.ndim == 3 and crop.shape[2] not in CROP_CHANNELS:
+        raise InputError(f"face {index} has shape {crop.shape}: {crop.shape[2]} channels, but a crop (H, W, C) needs "
+                         "1 (gray), 3 (BGR) or 4 (BGRA). A list item is always one crop; to pass gray crops as "
+                         f"one array use (N, H, W) with H, W >= {MIN_BATCH_CROP_SIDE}, or list them as (H, W) arrays.")
     if crop.shape[0] == 0 or crop.shape[1] == 0:
-        raise ValueError(f"face {index} is a zero-size crop (shape {crop.shape}); check the face box")
+        raise InputError(f"face {index} is a zero-size crop (shape {crop.shape}); check the face box")
 
 
 def _to_model_channels(crop: np.ndarray, contract: ModelContract) -> np.ndarray:
@@ -137,14 +169,59 @@ def square_box(box: Tuple[float, float, float, float], margin: float, square: bo
     return x0, y0, x0 + max(1, int(round(w))), y0 + max(1, int(round(h)))
 
 
+# A face box may overhang the frame (the overhang is edge-replicated), but a squared, margined box whose side
+# exceeds this many times the frame's larger side is a detector glitch: (-1e6, -1e6, 2e6, 2e6) would make
+# OpenCV pad a square 2.4 million pixels on a side, 17 TB for BGR. With the cap a crop holds at most 16x the
+# frame's larger side squared; a face filling the frame at the largest margin a contract allows (1.0) needs 3x.
+MAX_BOX_TO_FRAME = 4.0
+
+
+def face_box_problem(box, frame_shape: Tuple[int, ...], contract: ModelContract) -> Optional[str]:
+    """Why this (x, y, w, h) box cannot be cropped from a frame of frame_shape, or None when it can.
+
+    Callers that must skip bad boxes (a glitching detector) use this; crop_face raises InputError with it.
+    """
+    values = np.asarray(box, dtype=np.float64) if _is_numeric_sequence(box) else None
+    if values is None or values.shape != (4,):
+        return f"face box {box!r} is not four numbers (x, y, w, h)"
+    x, y, w, h = (float(v) for v in values)
+    if not np.isfinite(values).all():
+        return f"face box {(x, y, w, h)} has NaN or infinite coordinates"
+    if w <= 0 or h <= 0:
+        return f"face box {(x, y, w, h)} has a non-positive width or height"
+    frame_h, frame_w = frame_shape[:2]
+    side = max(w, h) * (1.0 + 2.0 * contract.crop_margin)        # the crop's larger side, squared or not
+    if side > MAX_BOX_TO_FRAME * max(frame_h, frame_w):
+        return (f"face box {(x, y, w, h)} becomes a {side:.0f}-pixel crop, more than {MAX_BOX_TO_FRAME:g}x the "
+                f"{frame_w}x{frame_h} frame's larger side")
+    x0, y0, x1, y1 = square_box((x, y, w, h), contract.crop_margin, contract.crop_square)
+    if x1 <= 0 or y1 <= 0 or x0 >= frame_w or y0 >= frame_h:
+        return f"face box {(x, y, w, h)} lies outside the {frame_w}x{frame_h} frame"
+    return None
+
+
+def _is_numeric_sequence(box) -> bool:
+    try:
+        return np.asarray(box).dtype.kind in "iuf"
+    except (TypeError, ValueError):     # ragged or non-numeric
+        return False
+
+
 def crop_face(frame: np.ndarray, box: Tuple[float, float, float, float], contract: ModelContract) -> np.ndarray:
-    """Cut a face from a frame by the contract's crop policy; parts outside the frame are edge-replicated."""
+    """Cut a face from a frame by the contract's crop policy; parts outside the frame are edge-replicated.
+
+    Raises InputError, before allocating anything, for a frame that is not an image and for a box that is not
+    finite, has no area, lies wholly outside the frame or is absurdly large for it (see MAX_BOX_TO_FRAME).
+    """
     if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3) or frame.size == 0:
-        raise ValueError("frame must be a non-empty uint8 array of shape (H, W) or (H, W, C)")
+        raise InputError("frame must be a non-empty uint8 array of shape (H, W) or (H, W, C); pass the image the "
+                         "face box was detected in")
+    problem = face_box_problem(box, frame.shape, contract)
+    if problem:
+        raise InputError(f"{problem}; cannot crop a face from it. Pass boxes as (x, y, w, h) in this frame's "
+                         "pixels, and drop boxes a detector returns with NaN, zero size or far outside the frame.")
     x0, y0, x1, y1 = square_box(box, contract.crop_margin, contract.crop_square)
     h, w = frame.shape[:2]
-    if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
-        raise ValueError(f"face box {tuple(box)} lies outside the {w}x{h} frame")
     pad = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))
     crop = frame[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
     if any(pad):

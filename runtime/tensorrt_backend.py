@@ -124,10 +124,16 @@ class TensorRTBackend:
         if len(inputs) != 1 or not outputs:
             raise ModelLoadError(f"{path}: expected one input and at least one output, found "
                                  f"{len(inputs)} inputs and {len(outputs)} outputs")
+        fix = ("the sidecar does not belong to this engine. Rebuild the engine and its sidecar from the matching "
+               "ONNX with `fer-export --engine --onnx MODEL.onnx`.")
         want = (contract.channels, contract.input_size, contract.input_size)
         if tuple(inputs[0].shape[1:]) != want:
             raise ContractError(f"{path}: the engine input is {inputs[0].shape} but the contract says N x "
-                                f"{want[0]} x {want[1]} x {want[2]}; the sidecar does not belong to this engine")
+                                f"{want[0]} x {want[1]} x {want[2]}; {fix}")
+        width = outputs[0].shape[-1] if outputs[0].shape else -1      # -1: dynamic, checked per call by FerModel
+        if width >= 0 and width != contract.num_classes:
+            raise ContractError(f"{path}: the engine outputs {width} classes but the contract lists "
+                                f"{contract.num_classes} labels {contract.labels}; {fix}")
 
     def _resolve_graph_option(self, requested: Optional[bool]) -> bool:
         if requested and not self.api.supports_graphs:

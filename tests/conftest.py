@@ -38,24 +38,70 @@ def has_torch_stack() -> bool:
 needs_export_stack = pytest.mark.skipif(not has_torch_stack(), reason="needs the [export] extra (torch, timm, onnx)")
 
 
+def _recompute_batchnorm_stats(model, x) -> None:
+    """Exact BatchNorm statistics of the current weights over x.
+
+    With the default momentum (0.1) the running statistics trail the weights by ~10 steps, and after a few
+    fast steps eval mode can predict one class for every face although train mode fits perfectly: that is
+    what happened on an Intel Xeon after 30 fixed steps. A cumulative average over the data removes the lag."""
+    import torch
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), 128):
+            model(x[i:i + 128])
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()
+
+
+def fit_until_learned(model, x, y, x_check, y_check, target: float = 0.9, max_steps: int = 300, check_every: int = 10):
+    """AdamW steps on (x, y) until eval-mode accuracy on the held-apart (x_check, y_check) reaches target.
+
+    Stops on what the model does, not on a step count, so CPUs with different kernels (oneDNN on AMD vs
+    Intel) all end with a model that learned; returns (steps, accuracy) and fails loudly when it does not."""
+    import torch
+    opt = torch.optim.AdamW(model.parameters(), 2e-3)
+    generator = torch.Generator().manual_seed(0)
+    accuracy, step = 0.0, 0
+    while step < max_steps:
+        model.train()
+        for _ in range(check_every):
+            idx = torch.randint(0, len(x), (48,), generator=generator)
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        step += check_every
+        _recompute_batchnorm_stats(model, x)
+        with torch.no_grad():
+            accuracy = float((model(x_check).argmax(1) == y_check).float().mean())
+        if accuracy >= target:
+            return step, accuracy
+    raise RuntimeError(f"the test fixture model reached only {accuracy:.2f} eval accuracy on held-apart synthetic "
+                       f"faces after {step} steps (target {target}); the fitted_checkpoint fixture cannot stand "
+                       "for a trained model. Check the torch install (python -c 'import torch; print(torch.__config__.show())').")
+
+
+def _as_tensor(x):
+    import torch
+    return torch.from_numpy((x[:, None].astype(np.float32) / 255 - 0.5) / 0.5)
+
+
 @pytest.fixture(scope="session")
 def fitted_checkpoint(tmp_path_factory) -> Path:
-    """A tf_efficientnetv2_b0 (1 channel, 7 classes, 32 px) fitted for a few steps so its logits are decisive."""
+    """A tf_efficientnetv2_b0 (1 channel, 7 classes, 32 px) fitted until it classifies held-apart synthetic faces."""
     import torch
     from fer_edge.export.timm_compat import import_timm
     timm = import_timm()
     torch.manual_seed(0)
     model = timm.create_model("tf_efficientnetv2_b0", num_classes=7, in_chans=1)
     x, y = synthetic_faces(512)
-    xs = torch.from_numpy((x[:, None].astype(np.float32) / 255 - 0.5) / 0.5)
-    ys = torch.from_numpy(y)
-    opt = torch.optim.AdamW(model.parameters(), 2e-3)
-    for _ in range(30):
-        idx = torch.randint(0, len(xs), (48,))
-        loss = torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    x_check, y_check = synthetic_faces(96, seed=99)
+    fit_until_learned(model, _as_tensor(x), torch.from_numpy(y), _as_tensor(x_check), torch.from_numpy(y_check))
     path = tmp_path_factory.mktemp("ckpt") / "fitted.pt"
     torch.save({"format": "fer_edge.checkpoint.v1", "arch": "tf_efficientnetv2_b0", "img_size": 32, "in_chans": 1,
                 "labels": FER2013_LABELS, "mean": [0.5], "std": [0.5], "interpolation": "area",

@@ -81,18 +81,18 @@ def test_image_folder_in_image_folder_out(tmp_path, tiny_model):
 
 def test_clear_errors(tmp_path, tiny_model, capsys, monkeypatch):
     from fer_edge.runtime.demo_cli import main
-    assert main([str(tmp_path / "nope.mp4"), "--model", str(tiny_model), "--detector", str(YUNET_320)]) == 1
+    assert main([str(tmp_path / "nope.mp4"), "--model", str(tiny_model), "--detector", str(YUNET_320)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    assert main([str(tmp_path), "--model", str(tiny_model), "--show"]) == 1
+    assert main([str(tmp_path), "--model", str(tiny_model), "--show"]) == 2
     assert "needs a display" in capsys.readouterr().err
     cv2.imwrite(str(tmp_path / "a.png"), scene(1))
     assert main([str(tmp_path / "a.png"), "--model", str(tiny_model), "--detector", str(YUNET_320),
-                 "--out", str(tmp_path / "x.gif")]) == 1
+                 "--out", str(tmp_path / "x.gif")]) == 2
     assert "unknown video type" in capsys.readouterr().err
     assert main([str(tmp_path), "--model", str(tiny_model), "--detector", str(YUNET_320),
-                 "--out", str(tmp_path / "x.jpg")]) == 1
+                 "--out", str(tmp_path / "x.jpg")]) == 2
     assert "not a single image" in capsys.readouterr().err
 
 

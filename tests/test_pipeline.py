@@ -67,7 +67,8 @@ def scene(faces: int = 1, size=(640, 480), shift=(0, 0)) -> np.ndarray:
 
 
 def write_tiny_classifier(path: Path, size: int = 32) -> Path:
-    """A real (if tiny) fer-edge ONNX artifact: gray 32x32 -> Flatten -> Gemm -> 7 logits, contract embedded."""
+    """A real (if tiny) fer-edge ONNX artifact: gray 32x32 -> Flatten -> Gemm -> 7 logits, contract embedded,
+    written with its sidecar by the exporters' own writer."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from fer_edge.export.onnx_export import embed_contract
@@ -85,8 +86,8 @@ def write_tiny_classifier(path: Path, size: int = 32) -> Path:
                              color_order="GRAY", mean=[0.5], std=[0.5]).validate()
     embed_contract(proto, contract)
     onnx.checker.check_model(proto)
-    path.write_bytes(proto.SerializeToString())
-    return path
+    from fer_edge.runtime.artifact_io import write_artifact
+    return write_artifact(path, proto.SerializeToString(), contract, "onnx")
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +143,19 @@ def test_user_boxes_skip_the_detector(pipeline):
     assert pipeline(scene(1), boxes=[]) == []
     with pytest.raises(ValueError, match="x, y, w, h"):
         pipeline(scene(1), boxes=[(1, 2, 3)])
+
+
+@needs_export_stack
+def test_absurd_detector_boxes_are_skipped_with_a_warning(pipeline, caplog):
+    from fer_edge.runtime.detection import Detection
+    real = pipeline.detector.detect
+    glitch = Detection((-1e6, -1e6, 2e6, 2e6), 0.9, None)
+    pipeline.detector.detect = lambda frame: [glitch] + real(frame) + [Detection((np.nan, 5, 40, 40), 0.9, None)]
+    with caplog.at_level("WARNING", logger="fer_edge.runtime"):
+        results = pipeline(scene(1))
+    assert len(results) == 1 and results[0].box[2] < 400            # the real face, classified
+    assert pipeline.skipped_boxes == 2
+    assert "more than 4x" in caplog.text and "NaN" in caplog.text and "2 skipped so far" in caplog.text
 
 
 @needs_export_stack

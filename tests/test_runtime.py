@@ -12,6 +12,7 @@ import pytest
 
 from conftest import FER2013_LABELS, needs_export_stack, synthetic_faces
 from fer_edge.runtime import ContractError, FerEdgeError, ModelLoadError, load
+from fer_edge.runtime.artifact_io import sha256_file
 from fer_edge.runtime.preprocess import prepare_batch
 
 pytestmark = [needs_export_stack]
@@ -38,12 +39,14 @@ def test_fp32_fp16_and_torch_agree(exported, fp32, faces, fitted_checkpoint):
     assert p32.shape == (48, 7) and np.allclose(p32.sum(axis=1), 1.0, atol=1e-5)
     assert np.mean(p32.argmax(1) == p16.argmax(1)) >= 0.95
     assert np.abs(p32 - p16).max() < 0.05
-    # The fitted model learned something (chance is 1/7), so agreement is not a tie-breaking accident.
-    assert np.mean(p32.argmax(1) == y) >= 0.25
+    # The fixture fits until eval accuracy >= 0.9 on other synthetic faces (chance is 1/7), so agreement
+    # here is not a tie-breaking accident.
+    assert np.mean(p32.argmax(1) == y) >= 0.8
     torch_model = prepare_model(checkpoint=str(fitted_checkpoint)).model
     with torch.no_grad():
         reference = torch_model(torch.from_numpy(prepare_batch(x, fp32.contract))).numpy()
-    assert np.abs(fp32.infer(fp32.preprocess(x)) - reference).max() < 1e-3
+    # Same tolerance as the export parity test: CPUs' float32 kernels differ; a wrong path is off by whole units.
+    assert np.abs(fp32.infer(fp32.preprocess(x)) - reference).max() < 1e-2
 
 
 def test_predict_returns_face_predictions(fp32, faces):
@@ -143,8 +146,10 @@ def test_onnx_without_contract_is_refused(tmp_path, exported):
     onnx.save(proto, str(path))
     with pytest.raises(ContractError, match="no fer-edge contract"):
         load(path)
-    # The sidecar alone is enough.
-    shutil.copy(exported["fp32"].sidecar, str(path) + ".json")
+    # The sidecar alone is enough, once it describes these bytes (the re-save changed them).
+    side = json.loads(exported["fp32"].sidecar.read_text())
+    side["artifact"].update(sha256=sha256_file(path), bytes=path.stat().st_size)
+    (tmp_path / "bare.onnx.json").write_text(json.dumps(side))
     assert load(path).labels == FER2013_LABELS
 
 

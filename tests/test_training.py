@@ -269,4 +269,6 @@ def test_shipped_reference_model_metadata():
 def test_shipped_reference_model_publictest_accuracy():
     model, meta = T.load_weights(SHIPPED)
     _, s, _ = T.eval_publictest(model, meta, DATA_DIR)
-    assert abs(s["top1"] - meta["training"]["publictest_top1"]) <= 0.1
+    # 0.25 pt is 9 of 3589 faces: CPUs with other oneDNN kernels (AMD vs Intel) may flip a few near-ties,
+    # while a wrong preprocessing or weight path moves top-1 by whole points.
+    assert abs(s["top1"] - meta["training"]["publictest_top1"]) <= 0.25

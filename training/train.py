@@ -11,6 +11,7 @@ Checkpoint selection uses the FER-2013 PublicTest split only (there is no Privat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -24,6 +25,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+
+from fer_edge.cli_support import new_parser, run_cli
+from fer_edge.runtime.errors import FerEdgeError
 
 from .data import DEFAULT_DATA_DIR, Split, class_weights, load_split, make_contract, prepare_tensor
 
@@ -477,8 +481,11 @@ def speed(sizes, batch: int = 64, steps: int = 5, threads: int = 2, arch: str = 
 
 
 # --------------------------------------------------------------------------------------------- CLI
+SUBCOMMANDS = ("ship", "eval", "speed")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fer-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("fer-train", description=__doc__)
     p.add_argument("--config", help="JSON recipe (training/config_cpu.json or training/config_default.json)")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with the FER-2013 npz files")
     p.add_argument("--out-dir", dest="out_dir", help="run folder (last.pt, best.pt, history.csv, curves.png)")
@@ -502,6 +509,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_sub_parser(sub: str) -> argparse.ArgumentParser:
+    p = new_parser(f"fer-train {sub}")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    if sub == "ship":
+        p.add_argument("--checkpoint", required=True)
+        p.add_argument("--out", default=str(REPO_ROOT / "export" / "reference_model" / "fer2013_tf_efficientnetv2_b0.safetensors"))
+        p.add_argument("--report-prefix", default=None)
+    elif sub == "eval":
+        p.add_argument("--weights", required=True)
+        p.add_argument("--report-prefix", default=None)
+    else:
+        p.add_argument("--sizes", type=int, nargs="+", default=[48, 64, 96])
+        p.add_argument("--batch", type=int, default=64)
+        p.add_argument("--steps", type=int, default=5)
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--out-csv", default=None)
+    return p
+
+
 def _passive_omp() -> None:
     """Shared CPUs: make idle OpenMP threads sleep instead of spin. Measured on the 2-core dev box while other
     jobs ran: batch-64 step at 48 px took 23.3 s with torch's default spin-wait, 2.6 s with PASSIVE. Must be set
@@ -510,49 +536,84 @@ def _passive_omp() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    _passive_omp()
-    command = "fer-train " + " ".join(argv)
-    if argv and argv[0] in ("ship", "eval", "speed"):
-        sub = argv.pop(0)
-        p = argparse.ArgumentParser(prog=f"fer-train {sub}")
-        p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
-        if sub == "ship":
-            p.add_argument("--checkpoint", required=True)
-            p.add_argument("--out", default=str(REPO_ROOT / "export" / "reference_model" / "fer2013_tf_efficientnetv2_b0.safetensors"))
-            p.add_argument("--report-prefix", default=None)
-            a = p.parse_args(argv)
-            res = ship(a.checkpoint, a.out, a.data_dir, a.report_prefix)
-            print(json.dumps(res, indent=2, default=str))
-        elif sub == "eval":
-            p.add_argument("--weights", required=True)
-            p.add_argument("--report-prefix", default=None)
-            a = p.parse_args(argv)
-            model, meta = load_weights(a.weights)
-            cm, s, _ = eval_publictest(model, meta, a.data_dir)
-            print(json.dumps(s))
-            if a.report_prefix:
-                write_report(cm, meta, a.report_prefix, f"{meta['arch']} {meta['img_size']}px ({Path(a.weights).name})")
-        else:
-            p.add_argument("--sizes", type=int, nargs="+", default=[48, 64, 96])
-            p.add_argument("--batch", type=int, default=64)
-            p.add_argument("--steps", type=int, default=5)
-            p.add_argument("--threads", type=int, default=2)
-            p.add_argument("--out-csv", default=None)
-            a = p.parse_args(argv)
-            speed(a.sizes, a.batch, a.steps, a.threads, out_csv=a.out_csv)
-        return 0
+def _check_config_file(path: Optional[str]) -> None:
+    if path is None:
+        return
+    fix = "pass training/config_cpu.json, training/config_default.json or your own JSON recipe"
+    try:
+        json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise FerEdgeError(f"--config {path}: cannot read it ({exc.strerror}); {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FerEdgeError(f"--config {path}: not valid JSON ({exc}); fix the file or {fix}") from None
+
+
+def _check_weights_file(path: Optional[str]) -> None:
+    """Read a checkpoint once with fer-export's reader before any work: a missing, empty or corrupt file then
+    fails with one line that names it, instead of a torch traceback minutes into a run."""
+    if path is not None:
+        from fer_edge.export.checkpoint import load_checkpoint as load_export_checkpoint
+        load_export_checkpoint(path)
+
+
+@contextlib.contextmanager
+def _training_errors():
+    """The training code reports bad input as SystemExit(message), ValueError or FileNotFoundError; show those
+    as the one-line CLI error. argparse's own exits carry an int code and pass through."""
+    try:
+        yield
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            raise FerEdgeError(exc.code) from None
+        raise
+    except (ValueError, FileNotFoundError) as exc:
+        raise FerEdgeError(str(exc)) from None
+
+
+def _run_sub(sub: str, argv: List[str]) -> int:
+    a = build_sub_parser(sub).parse_args(argv)
+    if sub == "ship":
+        _check_weights_file(a.checkpoint)
+        res = ship(a.checkpoint, a.out, a.data_dir, a.report_prefix)
+        print(json.dumps(res, indent=2, default=str))
+    elif sub == "eval":
+        _check_weights_file(a.weights)
+        model, meta = load_weights(a.weights)
+        cm, s, _ = eval_publictest(model, meta, a.data_dir)
+        print(json.dumps(s))
+        if a.report_prefix:
+            write_report(cm, meta, a.report_prefix, f"{meta['arch']} {meta['img_size']}px ({Path(a.weights).name})")
+    else:
+        speed(a.sizes, a.batch, a.steps, a.threads, out_csv=a.out_csv)
+    return 0
+
+
+def _run_train(argv: List[str], command: str) -> int:
     args = build_parser().parse_args(argv)
+    _check_config_file(args.config)
     cfg = apply_overrides(load_config(args.config), args)
     if args.print_config:
         print(json.dumps(cfg, indent=2))
         return 0
+    _check_weights_file(args.resume)
     resume_overrides = {"epochs": args.epochs} if (args.resume and args.epochs is not None) else None
     res = train(cfg, resume=args.resume, data_dir=args.data_dir, command=command,
                 stop_after=args.stop_after, resume_overrides=resume_overrides)
     print(f"done: best PublicTest top-1 {res['best_top1']:.2f} -> {res['best_path']}", flush=True)
     return 0
+
+
+def _main(argv: List[str]) -> int:
+    _passive_omp()
+    command = "fer-train " + " ".join(argv)
+    with _training_errors():
+        if argv and argv[0] in SUBCOMMANDS:
+            return _run_sub(argv[0], argv[1:])
+        return _run_train(argv, command)
+
+
+def main(argv=None) -> int:
+    return run_cli("fer-train", _main, argv)
 
 
 if __name__ == "__main__":
