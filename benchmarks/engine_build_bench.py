@@ -22,7 +22,8 @@ from fer_edge.cli_support import new_parser, run_cli
 
 def _qdq(fp32: Path, contract, out: Path, faces) -> Path:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from fer_edge.runtime.artifact_io import atomic_write_json, sidecar_path
+    from fer_edge.models.artifact_writer import atomic_write_json
+    from fer_edge.runtime.artifact_io import sidecar_path
     from fer_edge.runtime.preprocess import prepare_batch
     batch = prepare_batch(list(faces), contract)
 
@@ -45,14 +46,15 @@ def measure(sizes: List[int], work: Path, faces) -> List[Dict[str, object]]:
     from fer_edge.benchmarks.untrained_model import build_untrained, export_untrained
     from fer_edge.export import onnx_export
     from fer_edge.export.engine_build import BuildOptions, build_engine
-    from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json, sidecar_path
+    from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json, embed_contract
+    from fer_edge.runtime.artifact_io import sidecar_path
     rows = []
     for size in sizes:
         model, contract = build_untrained(size)
         sources = {"fp32": export_untrained(model, contract, work / f"b0_{size}_fp32.onnx")}
         atomic_write_json(sidecar_path(sources["fp32"]), {"contract": contract.to_dict()})
         proto16 = onnx_export.convert_fp16(onnx.load(str(sources["fp32"])))
-        onnx_export.embed_contract(proto16, contract.with_precision("fp16"))
+        embed_contract(proto16, contract.with_precision("fp16"))
         sources["fp16"] = atomic_write_bytes(work / f"b0_{size}_fp16.onnx", proto16.SerializeToString())
         atomic_write_json(sidecar_path(sources["fp16"]), {"contract": contract.with_precision("fp16").to_dict()})
         sources["int8"] = _qdq(sources["fp32"], contract, work / f"b0_{size}_int8.onnx", faces)
@@ -73,7 +75,7 @@ def measure(sizes: List[int], work: Path, faces) -> List[Dict[str, object]]:
 def write_results(rows, out: Path, command: List[str]) -> None:
     import onnxruntime
     import tensorrt_rtx
-    from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json
+    from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model_name = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), "?")
     import os
@@ -107,7 +109,7 @@ def build_parser():
 
 def _main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
-    from fer_edge.benchmarks.datasets import default_fer2013_publictest, load_faces
+    from fer_edge.data.datasets import default_fer2013_publictest, load_faces
     from fer_edge.runtime.errors import DataError
     data = args.data or default_fer2013_publictest()
     if data is None:

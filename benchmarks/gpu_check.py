@@ -19,7 +19,7 @@ import numpy as np
 from fer_edge.cli_support import EXIT_CHECK_FAILED, EXIT_OK, new_parser, run_cli
 from fer_edge.runtime.errors import BackendUnavailableError, FerEdgeError
 
-from . import trtexec_stats
+from fer_edge.benchmarks import trtexec_stats
 
 PROG = "python -m fer_edge.benchmarks.gpu_check"
 EXAMPLES = """examples:
@@ -33,8 +33,8 @@ MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.99, "int8": 0.98}
 
 def require_gpu_stack(flavour: str = "auto"):
     """TensorRT builder + a CUDA GPU, or BackendUnavailableError saying which is missing."""
-    from fer_edge.runtime.cuda_buffers import load_cuda_api
-    from fer_edge.runtime.trt_import import import_builder
+    from fer_edge.runtime.tensorrt.cuda_buffers import load_cuda_api
+    from fer_edge.runtime.tensorrt.trt_import import import_builder
     trt = import_builder(flavour)
     gpu = load_cuda_api("cuda-python").gpu_identity()
     return trt, gpu
@@ -87,7 +87,7 @@ def latency(model, face, iterations: int, warmup_ms: float) -> Dict[str, object]
 
 
 def check_one(onnx_path: Path, args, data: str) -> Dict[str, object]:
-    from fer_edge.benchmarks.datasets import load_faces
+    from fer_edge.data.datasets import load_faces
     from fer_edge.export.engine_build import build_engine, options_with_preset
     from fer_edge.runtime import load
     options = options_with_preset(None, batch=(1, 1, args.max_batch), timing_cache=args.timing_cache)
@@ -148,7 +148,7 @@ def _main(argv: List[str]) -> int:
     except BackendUnavailableError as exc:  # exit 3 (documented above): "not this machine", not a bad input
         print(f"{PROG}: cannot run on this machine: {exc}", file=sys.stderr)
         return 3
-    from fer_edge.benchmarks.datasets import default_fer2013_publictest
+    from fer_edge.data.datasets import default_fer2013_publictest
     data = args.data or default_fer2013_publictest()
     if data is None:
         raise FerEdgeError("no faces for the parity check: pass --data (npz, fer2013.csv or image folder)")
@@ -157,7 +157,7 @@ def _main(argv: List[str]) -> int:
     results = [check_one(path, args, str(data)) for path in find_sources(Path(args.artifacts), args.onnx)]
     print_report(results)
     if args.report:
-        from fer_edge.runtime.artifact_io import atomic_write_json
+        from fer_edge.models.artifact_writer import atomic_write_json
         from fer_edge.benchmarks.jetson import jetson_state
         atomic_write_json(args.report, {"gpu": gpu, "tensorrt": trt.describe(), "results": results,
                                         "jetson": jetson_state() if Path("/etc/nv_tegra_release").exists() else None,

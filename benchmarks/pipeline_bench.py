@@ -92,7 +92,7 @@ def _parse_faces(text: str) -> List[int]:
 def face_patches(source: str, detector, limit: int = 16) -> List[np.ndarray]:
     """BGR face patches with some context around the face, cut from SOURCE."""
     if source.lower().endswith(CROP_SUFFIXES):
-        from fer_edge.benchmarks.datasets import load_faces
+        from fer_edge.data.datasets import load_faces
         faces = load_faces(source, limit=limit)
         # FER crops are tight: give them a replicated border so a detector sees a head, not only a face.
         patches = []
@@ -101,8 +101,8 @@ def face_patches(source: str, detector, limit: int = 16) -> List[np.ndarray]:
             pad = img.shape[0] // 3
             patches.append(cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE))
         return patches
-    from fer_edge.runtime.detection import to_bgr
-    from fer_edge.runtime.video_io import open_source
+    from fer_edge.pipeline.detection import to_bgr
+    from fer_edge.pipeline.video_io import open_source
     patches = []
     with open_source(source, live=False) as frames:
         for i, frame in enumerate(frames):
@@ -185,7 +185,7 @@ def measure_stages(pipeline, jpegs: Dict[str, bytes], warmup: int, iterations: O
 
 
 def smoothing_flips(pipeline, patch: np.ndarray, frames: int, size) -> Dict:
-    from fer_edge.runtime.smoothing import count_flips
+    from fer_edge.pipeline.smoothing import count_flips
     pipeline.reset()
     raw, smoothed, missing = [], [], 0
     for frame in jitter_clip(patch, frames, size):
@@ -229,9 +229,10 @@ def environment() -> Dict:
 def run(args) -> int:
     from tqdm import tqdm
     from fer_edge.benchmarks.latency import summarize
-    from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json, sha256_file
-    from fer_edge.runtime.detection import create_detector
-    from fer_edge.runtime.pipeline import FerPipeline
+    from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
+    from fer_edge.runtime.artifact_io import sha256_file
+    from fer_edge.pipeline.detection import create_detector
+    from fer_edge.pipeline.fer_pipeline import FerPipeline
 
     size = _parse_size(args.frame_size)
     counts = _parse_faces(args.faces_per_frame)
@@ -245,7 +246,7 @@ def run(args) -> int:
     if models:
         model_path = models[0]
     else:
-        from fer_edge.runtime.demo_cli import reference_model_path
+        from fer_edge.export.reference import reference_model_path
         model_path = str(reference_model_path(log=lambda m: print(m, file=sys.stderr)))
     detector = create_detector(args.detector, threads=args.threads)
     pipeline = FerPipeline(model_path, detector=detector, threads=args.threads)

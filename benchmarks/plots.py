@@ -7,7 +7,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from fer_edge.runtime.artifact_io import atomic_write_bytes
+from fer_edge.models.artifact_writer import atomic_write_bytes
 
 CELL = 64
 FONT = cv2.FONT_HERSHEY_SIMPLEX

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json
+from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
 
 STAT_COLUMNS = ("mean_ms", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "throughput_ips", "iterations")
 

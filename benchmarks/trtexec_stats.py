@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Dict, Iterable, List, Mapping, Sequence
 
-from .latency import median, percentile  # the one implementation of trtexec's percentile and median
+from fer_edge.benchmarks.latency import median, percentile  # the one implementation of trtexec's percentile and median
 
 DEFAULT_PERCENTILES = (90, 95, 99)
 STAGES = ("h2d", "gpu_compute", "d2h", "host_latency", "inference")

@@ -9,9 +9,9 @@ import datetime as _dt
 from pathlib import Path
 from typing import Tuple
 
-from fer_edge.runtime.artifact_io import atomic_write_bytes
+from fer_edge.models.artifact_writer import atomic_write_bytes, embed_contract
 from fer_edge.runtime.contract import ModelContract
-from fer_edge.runtime.labels import FER2013_LABELS
+from fer_edge.data.labels import FER2013_LABELS
 
 REFERENCE_ARCH = "tf_efficientnetv2_b0"  # the bundled reference model: 1 channel, 7 classes, 48 px
 
@@ -19,7 +19,7 @@ REFERENCE_ARCH = "tf_efficientnetv2_b0"  # the bundled reference model: 1 channe
 def build_untrained(size: int = 48, arch: str = REFERENCE_ARCH, seed: int = 0) -> Tuple[object, ModelContract]:
     """(torch model in eval mode with random weights, its contract): 1-channel gray, FER-2013 labels."""
     import torch
-    from fer_edge.export.timm_compat import import_timm
+    from fer_edge.models.timm_compat import import_timm
     timm = import_timm()
     torch.manual_seed(seed)
     model = timm.create_model(arch, pretrained=False, num_classes=len(FER2013_LABELS), in_chans=1).eval()
@@ -33,5 +33,5 @@ def export_untrained(model, contract: ModelContract, path: Path) -> Path:
     """FP32 ONNX through the project's exporter (legacy exporter + onnxslim) with the contract embedded."""
     from fer_edge.export import onnx_export
     proto = onnx_export.export_fp32(model, contract)
-    onnx_export.embed_contract(proto, contract)
+    embed_contract(proto, contract)
     return atomic_write_bytes(path, proto.SerializeToString())

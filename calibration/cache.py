@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json
+from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
 from fer_edge.runtime.contract import ModelContract
 
 CACHE_FORMAT = 1

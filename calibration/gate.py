@@ -12,7 +12,7 @@ import numpy as np
 
 from fer_edge.runtime.errors import FerEdgeError
 
-from . import sensitivity
+from fer_edge.calibration import sensitivity
 
 EVAL_BATCH = 64
 SENSITIVITY_SUBSET = 256
@@ -98,7 +98,7 @@ def run_gate(quantize_excluding: Callable[[List[str]], bytes], fp32_bytes: bytes
     Screening uses quantize.keep_in_float on the all-INT8 model (fast); the artifact that passes is then
     made by a real quantize_static run with nodes_to_exclude and checked again.
     """
-    from .quantize import keep_in_float
+    from fer_edge.calibration.quantize import keep_in_float
     start = time.perf_counter()
     labelled = targets is not None
     logits_of = lambda model: onnx_logits(model, tensors, input_name)  # noqa: E731

@@ -13,14 +13,15 @@ from typing import Callable, List, Optional, Union
 
 import numpy as np
 
-from fer_edge.benchmarks.datasets import FaceSet
-from fer_edge.runtime.artifact_io import remove_stale_temp_files, sha256_file, sidecar_contract
+from fer_edge.data.datasets import FaceSet
+from fer_edge.models.artifact_writer import remove_stale_temp_files
+from fer_edge.runtime.artifact_io import sha256_file, sidecar_contract
 from fer_edge.runtime.contract import ModelContract
 from fer_edge.runtime.errors import ContractError, DataError
 from fer_edge.runtime.preprocess import prepare_batch
 
-from . import gate, quantize, sources
-from .cache import CalibrationCache, ranges_key, tensor_key
+from fer_edge.calibration import gate, quantize, sources
+from fer_edge.calibration.cache import CalibrationCache, ranges_key, tensor_key
 
 DEFAULT_METHOD = "percentile"
 PREPROCESS_CHUNK = 256
@@ -52,7 +53,7 @@ def resolve_calibration(options: Int8Options, reference_model: bool) -> str:
         return options.calib
     if reference_model:
         # The project may not ship FER-2013 faces; it ships images synthesised from the model itself.
-        from .synthesize import shipped_set_for_reference_model
+        from fer_edge.calibration.synthesize import shipped_set_for_reference_model
         return str(shipped_set_for_reference_model())
     raise DataError("--int8 needs --calib PATH for your checkpoint. " + sources.WHAT_CALIBRATION_IS)
 
@@ -85,7 +86,7 @@ def _read_role(path: str, role: str, flag: str, split: Optional[str], options: I
 def load_calibration(options: Int8Options, calib_source: str, contract: ModelContract,
                      log: Callable[[str], None] = print) -> CalibrationSet:
     """Read the calibration (and --val) faces and check there are enough readable ones for the sample and gate."""
-    from .synthesize import SHIPPED_SET
+    from fer_edge.calibration.synthesize import SHIPPED_SET
     if Path(calib_source).resolve() == SHIPPED_SET:
         log(f"calibration: no --calib given, so the shipped synthetic set {SHIPPED_SET.name} is used: images "
             "synthesised from the reference model's own BatchNorm statistics (no faces). Real faces from your "
@@ -156,8 +157,8 @@ def export_int8(fp32_path: Path, options: Int8Options, calib_source: Union[str, 
     """Quantize a fer-export FP32 artifact; return the INT8 artifact path (written only if the gate passes).
 
     calib_source: a calibration source path, or the CalibrationSet that load_calibration read from one."""
-    from fer_edge.export.exporter import artifact_name, write_export_artifact
-    from fer_edge.export.onnx_export import embed_contract, graph_summary
+    from fer_edge.models.artifact_writer import artifact_name, write_export_artifact
+    from fer_edge.models.artifact_writer import embed_contract, graph_summary
     import onnx
 
     start = time.perf_counter()

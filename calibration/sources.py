@@ -14,7 +14,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fer_edge.benchmarks.datasets import FaceSet, load_faces
+from fer_edge.data.datasets import FaceSet, load_faces
 from fer_edge.runtime.contract import ModelContract
 from fer_edge.runtime.errors import DataError
 

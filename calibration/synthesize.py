@@ -42,7 +42,7 @@ def shipped_set_for_reference_model() -> Path:
 
     A set synthesised from other weights would still calibrate, but silently less well: refuse it instead.
     """
-    from fer_edge.export.checkpoint import REFERENCE_MODEL
+    from fer_edge.models.checkpoint import REFERENCE_MODEL
     from fer_edge.runtime.artifact_io import sha256_file
     from fer_edge.runtime.errors import DataError
     if not SHIPPED_SET.is_file():
@@ -190,8 +190,9 @@ def build_parser():
 def _main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     options = SynthesisOptions(**{f: getattr(args, f) for f in asdict(SynthesisOptions())})
-    from fer_edge.export.exporter import check_output_folder, prepare_model
-    from fer_edge.runtime.artifact_io import atomic_write_bytes
+    from fer_edge.models.artifact_writer import check_output_folder
+    from fer_edge.models.factory import prepare_model
+    from fer_edge.models.artifact_writer import atomic_write_bytes
     check_output_folder(Path(args.out).parent, "--out")  # before minutes of synthesis, not after
     prepared = prepare_model(checkpoint=args.checkpoint)
     contract = prepared.contract

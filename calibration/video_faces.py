@@ -11,7 +11,7 @@ from typing import List, Optional, Union
 
 import numpy as np
 
-from fer_edge.benchmarks.datasets import FaceSet
+from fer_edge.data.datasets import FaceSet
 from fer_edge.runtime.contract import ModelContract
 from fer_edge.runtime.errors import DataError
 
@@ -62,7 +62,7 @@ def video_face_crops(path: Union[str, Path], contract: ModelContract, step: int,
     from tqdm import tqdm
 
     from fer_edge.calibration.sources import open_video, sampled_frames
-    from fer_edge.runtime.detection import create_detector
+    from fer_edge.pipeline.detection import create_detector
     from fer_edge.runtime.preprocess import crop_face
 
     path = Path(path)

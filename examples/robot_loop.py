@@ -15,8 +15,8 @@ import sys
 import time
 
 from fer_edge.runtime.errors import FerEdgeError
-from fer_edge.runtime.pipeline import FerPipeline
-from fer_edge.runtime.video_io import open_source
+from fer_edge.pipeline.fer_pipeline import FerPipeline
+from fer_edge.pipeline.video_io import open_source
 
 
 def react(track_id: int, emotion: str, confidence: float) -> None:

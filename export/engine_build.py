@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import fer_edge
-from fer_edge.runtime.artifact_io import (atomic_write_bytes, atomic_write_json, read_sidecar,
-                                          remove_stale_temp_files, sha256_file, sidecar_path, write_artifact)
+from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json, remove_stale_temp_files, write_artifact
+from fer_edge.runtime.artifact_io import read_sidecar, sha256_file, sidecar_path
 from fer_edge.runtime.contract import METADATA_KEY, ModelContract
-from fer_edge.runtime.engine_compat import HARDWARE_COMPAT_LEVELS
+from fer_edge.runtime.tensorrt.engine_compat import HARDWARE_COMPAT_LEVELS
 from fer_edge.runtime.errors import ContractError, FerEdgeError, ModelLoadError
-from fer_edge.runtime.trt_import import TrtFlavour, import_builder, make_logger
+from fer_edge.runtime.tensorrt.trt_import import TrtFlavour, import_builder, make_logger
 
 
 class EngineBuildError(FerEdgeError, RuntimeError):
@@ -217,7 +217,7 @@ def build_target(flavour: TrtFlavour, config) -> Dict[str, object]:
         # SM86 -> "8.6"; an empty list means TensorRT-RTX's default set (8.6, 8.9, 12.0 per its docs).
         target["compute_capabilities"] = [f"{c[2:-1]}.{c[-1]}" for c in ccs if c.startswith("SM")] or "default"
         return target
-    from fer_edge.runtime.cuda_buffers import load_cuda_api
+    from fer_edge.runtime.tensorrt.cuda_buffers import load_cuda_api
     target.update(load_cuda_api("cuda-python").gpu_identity())
     return target
 

@@ -5,11 +5,11 @@
     for face in model.predict(crops):
         print(face.label, face.score)
 """
-from .contract import ModelContract
-from .errors import (BackendUnavailableError, ContractError, DataError, FerEdgeError, InputError, IntegrityWarning,
+from fer_edge.runtime.contract import ModelContract
+from fer_edge.runtime.errors import (BackendUnavailableError, ContractError, DataError, FerEdgeError, InputError, IntegrityWarning,
                      ModelLoadError)
-from .model import FacePrediction, FerModel, load, softmax
-from .preprocess import crop_face, prepare_batch
+from fer_edge.runtime.model import FacePrediction, FerModel, load, softmax
+from fer_edge.runtime.preprocess import crop_face, prepare_batch
 
 __all__ = ["load", "FerModel", "FacePrediction", "ModelContract", "prepare_batch", "crop_face", "softmax",
            "FerEdgeError", "ContractError", "ModelLoadError", "BackendUnavailableError", "DataError", "InputError",

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from .errors import ContractError
+from fer_edge.runtime.errors import ContractError
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "fer_edge.contract"

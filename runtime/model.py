@@ -8,10 +8,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from .artifact_io import read_sidecar, sidecar_path, verify_artifact
-from .contract import ModelContract, compare_contracts
-from .errors import ContractError, ModelLoadError
-from .preprocess import FaceInput, prepare_batch
+from fer_edge.runtime.artifact_io import read_sidecar, sidecar_path, verify_artifact
+from fer_edge.runtime.contract import ModelContract, compare_contracts
+from fer_edge.runtime.errors import ContractError, ModelLoadError
+from fer_edge.runtime.preprocess import FaceInput, prepare_batch
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -145,7 +145,7 @@ def _check_artifact_file(path: Path) -> None:
 def _load_onnx(path: Path, threads: Optional[int], providers: Optional[List[str]]) -> FerModel:
     sidecar = read_sidecar(path)
     verify_artifact(path, sidecar, ONNX_INTEGRITY_FIX)     # before ONNX Runtime parses a single byte
-    from .onnx_backend import OnnxRuntimeBackend
+    from fer_edge.runtime.onnx_backend import OnnxRuntimeBackend
     backend = OnnxRuntimeBackend(path, threads=threads, providers=providers)
     contract = _resolve_contract(path, backend.embedded_contract(str(path)), sidecar)
     backend.check_contract(contract, str(path))
@@ -153,7 +153,7 @@ def _load_onnx(path: Path, threads: Optional[int], providers: Optional[List[str]
 
 
 def _load_engine(path: Path, engine_options) -> FerModel:
-    from .tensorrt_backend import load_engine_backend
+    from fer_edge.runtime.tensorrt.backend import load_engine_backend
     sidecar = read_sidecar(path)
     contract = _resolve_contract(path, None, sidecar)
     backend = load_engine_backend(path, contract, sidecar, **engine_options)   # checks size, sha256 and shapes

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from .contract import METADATA_KEY, ModelContract
-from .errors import BackendUnavailableError, ContractError, ModelLoadError
+from fer_edge.runtime.contract import METADATA_KEY, ModelContract
+from fer_edge.runtime.errors import BackendUnavailableError, ContractError, ModelLoadError
 
 
 class OnnxRuntimeBackend:

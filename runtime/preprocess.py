@@ -10,8 +10,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from .contract import ModelContract
-from .errors import InputError
+from fer_edge.runtime.contract import ModelContract
+from fer_edge.runtime.errors import InputError
 
 FaceInput = Union[np.ndarray, Sequence[np.ndarray]]
 

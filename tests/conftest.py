@@ -95,7 +95,7 @@ def _as_tensor(x):
 def fitted_checkpoint(tmp_path_factory) -> Path:
     """A tf_efficientnetv2_b0 (1 channel, 7 classes, 32 px) fitted until it classifies held-apart synthetic faces."""
     import torch
-    from fer_edge.export.timm_compat import import_timm
+    from fer_edge.models.timm_compat import import_timm
     timm = import_timm()
     torch.manual_seed(0)
     model = timm.create_model("tf_efficientnetv2_b0", num_classes=7, in_chans=1)

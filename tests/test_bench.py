@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import FER2013_LABELS, PUBLICTEST_NPZ, has_torch_stack, needs_export_stack, needs_shared, synthetic_faces
-from fer_edge.benchmarks import cli
-from fer_edge.benchmarks.accuracy import agreement, classification_metrics
+from fer_edge.cli import bench as cli
+from fer_edge.data.metrics import agreement, classification_metrics
 from fer_edge.benchmarks.latency import STAT_KEYS, measure_model, percentile, run_interleaved, summarize
 
 FAST = ["--iterations", "3", "--warmup", "1", "--threads", "1", "--no-progress"]
@@ -179,7 +179,7 @@ def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys, reques
 
 
 def test_engine_without_tensorrt_names_the_fix(tmp_path, capsys):
-    pytest.importorskip("fer_edge.runtime.tensorrt_backend", reason="the TensorRT backend module is not written yet")
+    pytest.importorskip("fer_edge.runtime.tensorrt.backend", reason="the TensorRT backend module is not written yet")
     try:
         import tensorrt  # noqa: F401
         pytest.skip("TensorRT is installed here")

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import FER2013_LABELS, needs_export_stack, synthetic_faces
-from fer_edge.benchmarks import cli
-from fer_edge.benchmarks.datasets import load_faces
+from fer_edge.cli import bench as cli
+from fer_edge.data.datasets import load_faces
 from fer_edge.benchmarks.latency import BLOCK_CALLS, SETTLE_CALLS, measure_models
 from fer_edge.benchmarks.report import busy_machine_warning, environment_markdown, ordering_warnings, timing_warnings
 from fer_edge.runtime.errors import DataError
-from fer_edge.runtime.labels import FERPLUS_LABELS, label_index_map, parse_label_map
+from fer_edge.data.labels import FERPLUS_LABELS, label_index_map, parse_label_map
 
 FAST = ["--iterations", "2", "--warmup", "1", "--threads", "1", "--batch", "1", "--no-progress"]
 
@@ -185,7 +185,7 @@ def test_models_are_timed_round_robin_in_blocks():
 
 # ----------------------------------------------------------------------------- the CLI
 def test_version_and_no_prefix_matching(capsys):
-    done = subprocess.run([sys.executable, "-m", "fer_edge.benchmarks.cli", "--version"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "fer_edge.cli.bench", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("fer-bench (fer-edge ")
     with pytest.raises(SystemExit) as info:
         cli.main(["model.onnx", "--iter", "3"])  # argparse would otherwise read --iter as --iterations

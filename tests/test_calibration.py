@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import FER2013_LABELS, synthetic_faces
-from fer_edge.benchmarks.datasets import FaceSet
+from fer_edge.data.datasets import FaceSet
 from fer_edge.calibration import sources
 from fer_edge.calibration.cache import CalibrationCache, ranges_key, tensor_key
 from fer_edge.calibration.int8_export import Int8Options, resolve_calibration
@@ -122,7 +122,7 @@ def test_reference_model_without_calib_uses_the_shipped_synthetic_set():
 
 def test_shipped_synthetic_set_is_unlabelled_and_made_from_the_shipped_weights():
     from fer_edge.calibration.synthesize import SHIPPED_SET, read_provenance
-    from fer_edge.export.checkpoint import REFERENCE_MODEL
+    from fer_edge.models.checkpoint import REFERENCE_MODEL
     from fer_edge.runtime.artifact_io import sha256_file
     provenance = read_provenance(SHIPPED_SET)
     assert provenance["weights_sha256"] == sha256_file(REFERENCE_MODEL)
@@ -134,7 +134,7 @@ def test_shipped_synthetic_set_is_unlabelled_and_made_from_the_shipped_weights()
 
 
 def test_stale_synthetic_set_is_refused_with_the_regenerate_command(tmp_path, monkeypatch):
-    from fer_edge.export import checkpoint
+    from fer_edge.models import checkpoint
     other = tmp_path / "other.safetensors"
     other.write_bytes(b"other weights")
     monkeypatch.setattr(checkpoint, "REFERENCE_MODEL", other)
@@ -143,7 +143,7 @@ def test_stale_synthetic_set_is_refused_with_the_regenerate_command(tmp_path, mo
 
 
 def test_cli_refuses_int8_without_calib_before_exporting(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "fer_edge.export.cli", "--checkpoint", str(tmp_path / "w.pt"),
+    run = subprocess.run([sys.executable, "-m", "fer_edge.cli.export", "--checkpoint", str(tmp_path / "w.pt"),
                           "--int8", "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert run.returncode == 2 and "--calib PATH" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ from conftest import FER2013_LABELS, PUBLICTEST_NPZ, YUNET_DIR, needs_shared
 from fer_edge.calibration import sources
 from fer_edge.runtime.contract import ModelContract
 from fer_edge.runtime.errors import DataError, ModelLoadError
-from fer_edge.runtime.haar import HaarDetector, cascade_path, haar_available
+from fer_edge.pipeline.haar import HaarDetector, cascade_path, haar_available
 from fer_edge.runtime.preprocess import square_box
 
 GRAY = ModelContract(arch="tf_efficientnetv2_b0", labels=list(FER2013_LABELS), input_size=48, channels=1,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import FER2013_LABELS, synthetic_faces
-from fer_edge.benchmarks.datasets import load_faces
+from fer_edge.data.datasets import load_faces
 from fer_edge.runtime.errors import DataError
-from fer_edge.runtime.labels import FERPLUS_LABELS
+from fer_edge.data.labels import FERPLUS_LABELS
 
 
 def write_fer_csv(path, faces, targets, usages, extra_rows=()):

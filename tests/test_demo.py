@@ -45,7 +45,7 @@ def read_jsonl(path: Path):
 
 
 def test_video_to_annotated_video_and_jsonl(tmp_path, tiny_model):
-    from fer_edge.runtime.demo_cli import main
+    from fer_edge.cli.demo import main
     video = write_video(tmp_path / "in.avi", 12)
     out, jsonl = tmp_path / "out.mp4", tmp_path / "faces.jsonl"
     rc = main([str(video), "--model", str(tiny_model), "--detector", str(YUNET_320), "--out", str(out),
@@ -65,7 +65,7 @@ def test_video_to_annotated_video_and_jsonl(tmp_path, tiny_model):
 
 
 def test_image_folder_in_image_folder_out(tmp_path, tiny_model):
-    from fer_edge.runtime.demo_cli import main
+    from fer_edge.cli.demo import main
     photos = tmp_path / "photos"
     photos.mkdir()
     cv2.imwrite(str(photos / "a.png"), scene(1))
@@ -80,7 +80,7 @@ def test_image_folder_in_image_folder_out(tmp_path, tiny_model):
 
 
 def test_clear_errors(tmp_path, tiny_model, capsys, monkeypatch):
-    from fer_edge.runtime.demo_cli import main
+    from fer_edge.cli.demo import main
     assert main([str(tmp_path / "nope.mp4"), "--model", str(tiny_model), "--detector", str(YUNET_320)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     monkeypatch.delenv("DISPLAY", raising=False)
@@ -97,7 +97,7 @@ def test_clear_errors(tmp_path, tiny_model, capsys, monkeypatch):
 
 
 def test_one_image_to_one_annotated_image(tmp_path, tiny_model):
-    from fer_edge.runtime.demo_cli import main
+    from fer_edge.cli.demo import main
     cv2.imwrite(str(tmp_path / "group.png"), scene(4))
     assert main([str(tmp_path / "group.png"), "--model", str(tiny_model), "--detector", str(YUNET_320),
                  "--out", str(tmp_path / "annotated.jpg"), "--quiet"]) == 0
@@ -109,7 +109,7 @@ def test_ctrl_c_finalises_the_video(tmp_path, tiny_model):
     video = write_video(tmp_path / "long.avi", 1500, size=(160, 120))
     out, jsonl = tmp_path / "out.avi", tmp_path / "faces.jsonl"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "fer_edge.runtime.demo_cli", str(video), "--model", str(tiny_model),
+    proc = subprocess.Popen([sys.executable, "-m", "fer_edge.cli.demo", str(video), "--model", str(tiny_model),
                              "--detector", str(YUNET_320), "--out", str(out), "--jsonl", str(jsonl), "--quiet",
                              "--threads", "1"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
@@ -126,7 +126,7 @@ def test_ctrl_c_finalises_the_video(tmp_path, tiny_model):
 
 def test_sources_and_latest_frame_dropping(tmp_path):
     from fer_edge.runtime.errors import DataError
-    from fer_edge.runtime.video_io import open_source
+    from fer_edge.pipeline.video_io import open_source
     video = write_video(tmp_path / "clip.avi", 60, size=(160, 120))
     with open_source(video) as source:                                # files: every frame, in order
         assert source.kind == "video" and not source.is_live and source.frame_count == 60

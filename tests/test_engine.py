@@ -14,10 +14,13 @@ import pytest
 
 from conftest import needs_export_stack, synthetic_faces
 from fer_edge.benchmarks import trtexec_stats
-from fer_edge.runtime import cuda_buffers, engine_compat, tensorrt_backend
-from fer_edge.runtime.artifact_io import atomic_write_json, sha256_file, sidecar_path
+from fer_edge.runtime.tensorrt import cuda_buffers
+from fer_edge.runtime.tensorrt import engine_compat
+from fer_edge.runtime.tensorrt import backend as tensorrt_backend
+from fer_edge.models.artifact_writer import atomic_write_json
+from fer_edge.runtime.artifact_io import sha256_file, sidecar_path
 from fer_edge.runtime.errors import BackendUnavailableError, ContractError, ModelLoadError
-from fer_edge.runtime.trt_import import import_builder, parse_version
+from fer_edge.runtime.tensorrt.trt_import import import_builder, parse_version
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="needs tensorrt-rtx (pip install tensorrt-rtx-cu12) to build engines on CPU")
@@ -67,7 +70,7 @@ def engines(reference_onnx, tmp_path_factory):
 @needs_rtx
 @needs_export_stack
 def test_reference_model_fp32_fp16_int8_build_strongly_typed_engines_with_sidecars(engines, reference_onnx):
-    from fer_edge.export.checkpoint import REFERENCE_MODEL
+    from fer_edge.models.checkpoint import REFERENCE_MODEL
     built, _, logs = engines
     for precision, engine in built.items():
         onnx_path, contract = reference_onnx[precision]
@@ -162,7 +165,7 @@ def test_int8_qdq_onnx_parses_and_builds_strongly_typed(exported, tmp_path):
 @needs_rtx
 @needs_export_stack
 def test_cli_builds_from_existing_onnx(exported, tmp_path, capsys):
-    from fer_edge.export.cli import main
+    from fer_edge.cli.export import main
     rc = main(["--engine", "--onnx", str(exported["fp16"].path), "--out", str(tmp_path), "--preset", "latency",
                "--trt", "tensorrt_rtx"])
     assert rc == 0
@@ -176,7 +179,7 @@ def test_cli_builds_from_existing_onnx(exported, tmp_path, capsys):
 @needs_export_stack
 @pytest.mark.slow
 def test_cli_exports_then_builds_the_fp16_engine(fitted_checkpoint, synthetic_npz, tmp_path, capsys):
-    from fer_edge.export.cli import main
+    from fer_edge.cli.export import main
     rc = main(["--checkpoint", str(fitted_checkpoint), "--fp16", "--engine", "--trt", "tensorrt_rtx", "--preset",
                "latency", "--out", str(tmp_path), "--parity-data", str(synthetic_npz)])
     assert rc == 0
@@ -186,7 +189,7 @@ def test_cli_exports_then_builds_the_fp16_engine(fitted_checkpoint, synthetic_np
 
 
 def test_cli_refuses_bad_engine_options(tmp_path, capsys):
-    from fer_edge.export.cli import main
+    from fer_edge.cli.export import main
     with pytest.raises(SystemExit):
         main(["--onnx", "x.onnx"])                       # --onnx without --engine
     assert "add --engine" in capsys.readouterr().err

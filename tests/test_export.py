@@ -50,7 +50,7 @@ def test_fp16_graph_is_explicit_fp16_with_fp32_io(exported):
 
 
 def test_cli_writes_named_artifacts_and_prints_paths(fitted_checkpoint, synthetic_npz, tmp_path, capsys):
-    from fer_edge.export.cli import main
+    from fer_edge.cli.export import main
     rc = main(["--checkpoint", str(fitted_checkpoint), "--out", str(tmp_path / "a"),
                "--parity-data", str(synthetic_npz), "--parity-count", "50"])
     out = capsys.readouterr().out
@@ -71,7 +71,7 @@ def test_failed_parity_writes_nothing(fitted_checkpoint, synthetic_npz, tmp_path
 
 def test_plain_state_dict_needs_arch_and_size(fitted_checkpoint, tmp_path, capsys):
     import torch
-    from fer_edge.export.cli import main
+    from fer_edge.cli.export import main
     state = torch.load(fitted_checkpoint, weights_only=True)["state_dict"]
     plain = tmp_path / "plain.pth"
     torch.save(state, plain)
@@ -82,7 +82,7 @@ def test_plain_state_dict_needs_arch_and_size(fitted_checkpoint, tmp_path, capsy
 def test_pickled_checkpoint_refused_without_opt_in(tmp_path, capsys):
     import argparse
     import torch
-    from fer_edge.export.cli import main
+    from fer_edge.cli.export import main
     bad = tmp_path / "pickled.pt"
     # Old training scripts store their argparse.Namespace: loading it needs full unpickling.
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, bad)
@@ -91,7 +91,7 @@ def test_pickled_checkpoint_refused_without_opt_in(tmp_path, capsys):
 
 
 def test_wrong_arch_names_the_mismatch(fitted_checkpoint, capsys):
-    from fer_edge.export.cli import main
+    from fer_edge.cli.export import main
     assert main(["--checkpoint", str(fitted_checkpoint), "--arch", "tf_efficientnetv2_b1"]) == 2
     assert "contradicts" in capsys.readouterr().err
 
@@ -115,8 +115,9 @@ def test_48px_export_matches_torch_exactly():
     padding got this wrong (|dlogit| up to 2 on the reference model) until export fixed the pads."""
     import onnxruntime as ort
     import torch
-    from fer_edge.export.onnx_export import build_model, export_fp32
-    from fer_edge.export.timm_compat import import_timm
+    from fer_edge.models.factory import build_model
+    from fer_edge.export.onnx_export import export_fp32
+    from fer_edge.models.timm_compat import import_timm
     from fer_edge.runtime.contract import ModelContract
     timm = import_timm()
     torch.manual_seed(0)

@@ -35,7 +35,7 @@ def cli_error(capsys, rc: int) -> str:
 
 
 def run_export_cli(argv, capsys):
-    from fer_edge.export.cli import main
+    from fer_edge.cli.export import main
     start = time.perf_counter()
     rc = main([str(a) for a in argv])
     return cli_error(capsys, rc), time.perf_counter() - start
@@ -46,7 +46,7 @@ def untrained_ckpt(tmp_path_factory) -> Path:
     """A random-init tf_efficientnetv2_b0 training-dict checkpoint: enough for every check that runs before the
     export (the parity check would refuse it, so no test here exports it)."""
     import torch
-    from fer_edge.export.timm_compat import import_timm
+    from fer_edge.models.timm_compat import import_timm
     torch.manual_seed(0)
     model = import_timm().create_model("tf_efficientnetv2_b0", num_classes=7, in_chans=1)
     path = tmp_path_factory.mktemp("untrained") / "untrained.pt"
@@ -59,7 +59,7 @@ def untrained_ckpt(tmp_path_factory) -> Path:
 def b2_state_dict(tmp_path_factory) -> Path:
     """A plain tf_efficientnetv2_b2 state_dict (no recorded arch), as a user's own training script saves it."""
     import torch
-    from fer_edge.export.timm_compat import import_timm
+    from fer_edge.models.timm_compat import import_timm
     model = import_timm().create_model("tf_efficientnetv2_b2", num_classes=7, in_chans=1)
     path = tmp_path_factory.mktemp("b2") / "b2_weights.pt"
     torch.save(model.state_dict(), path)
@@ -93,10 +93,10 @@ def write_images(folder: Path, count: int, size: int = 32) -> Path:
 
 # ------------------------------------------------------------------ 4. --version and no prefix matching
 def _console_mains():
-    from fer_edge.benchmarks import cli as bench_cli
-    from fer_edge.export import cli as export_cli
-    from fer_edge.runtime import demo_cli
-    from fer_edge.training import train
+    from fer_edge.cli import bench as bench_cli
+    from fer_edge.cli import export as export_cli
+    from fer_edge.cli import demo as demo_cli
+    from fer_edge.cli import train
     return {"fer-export": (export_cli.main, ["--fp1"]), "fer-bench": (bench_cli.main, ["m.onnx", "--no-prog"]),
             "fer-demo": (demo_cli.main, ["x.mp4", "--qui"]), "fer-train": (train.main, ["--print-conf"]),
             "fer-train ship": (lambda argv: train.main(["ship"] + argv), ["--checkpoint", "x.pt", "--rep", "r"])}
@@ -122,7 +122,7 @@ def test_version_prints_and_a_prefix_is_refused(prog, capsys, tmp_path, monkeypa
 @pytest.mark.parametrize("module", ["fer_edge.benchmarks.gpu_check", "fer_edge.benchmarks.runtime_overhead",
                                     "fer_edge.benchmarks.engine_build_bench", "fer_edge.benchmarks.pipeline_bench",
                                     "fer_edge.benchmarks.compare_torch_ort", "fer_edge.calibration.synthesize",
-                                    "fer_edge.calibration.benchmark_int8"])
+                                    "fer_edge.benchmarks.int8_bench"])
 def test_python_m_scripts_have_version(module, capsys):
     import importlib
     with pytest.raises(SystemExit) as exit_info:
@@ -132,18 +132,19 @@ def test_python_m_scripts_have_version(module, capsys):
 
 
 def test_fer_export_version_in_a_subprocess_exports_nothing(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "fer_edge.export.cli", "--version"], cwd=tmp_path,
+    run = subprocess.run([sys.executable, "-m", "fer_edge.cli.export", "--version"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.startswith("fer-export (fer-edge ")
     assert list(tmp_path.iterdir()) == []
-    run = subprocess.run([sys.executable, "-m", "fer_edge.export.cli", "--check", "x.pt"], cwd=tmp_path,
+    run = subprocess.run([sys.executable, "-m", "fer_edge.cli.export", "--check", "x.pt"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "unrecognized arguments: --check" in run.stderr
 
 
 # ------------------------------------------------------------------ 1. output folder, before anything is read
 def test_out_that_is_a_file_fails_before_reading_the_checkpoint(tmp_path, untrained_ckpt, capsys):
-    from fer_edge.export.exporter import ExportError, export_model
+    from fer_edge.models.artifact_writer import ExportError
+    from fer_edge.export.exporter import export_model
     target = tmp_path / "artifacts"
     target.write_text("not a folder")
     start = time.perf_counter()
@@ -164,10 +165,11 @@ def test_out_under_a_file_names_the_file(tmp_path, untrained_ckpt, capsys):
 def test_unwritable_out_is_refused_with_a_real_write(tmp_path, untrained_ckpt, monkeypatch):
     """Tests run as root, which chmod cannot stop; the check makes a real temp file, so make that fail."""
     from fer_edge.export import exporter
+    from fer_edge.models import artifact_writer
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(exporter.tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(artifact_writer.tempfile, "NamedTemporaryFile", refuse)
     with pytest.raises(exporter.ExportError, match=r"cannot write in .*Permission denied.*folder you can write to"):
         exporter.export_model(checkpoint=str(untrained_ckpt), out_dir=str(tmp_path / "new" / "out"))
     assert not (tmp_path / "new").exists()
@@ -233,9 +235,10 @@ def test_bad_calibration_sets_fail_before_the_fp32_export(tmp_path, untrained_ck
 def test_calibration_faces_are_read_once_and_passed_on(tmp_path, untrained_ckpt, synthetic_npz, monkeypatch):
     """The faces the up-front check reads are the ones export_int8 calibrates on: no second read."""
     import types
-    from fer_edge.calibration import int8_cli, int8_export, sources
+    from fer_edge.calibration import int8_export, sources
+    from fer_edge.cli import int8_args as int8_cli
     from fer_edge.export import exporter
-    from fer_edge.export.cli import main
+    from fer_edge.cli.export import main
     reads, seen = [], {}
     real_load = sources.load_source
     monkeypatch.setattr(sources, "load_source", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
@@ -259,7 +262,7 @@ def test_calibration_faces_are_read_once_and_passed_on(tmp_path, untrained_ckpt,
 @pytest.mark.parametrize("name, reason", [("random.pt", "Unsupported operand"), ("truncated.pt", "zip archive"),
                                           ("empty.pt", "is empty (0 bytes)")])
 def test_corrupt_checkpoint_never_asks_for_allow_pickle(bad_files, name, reason):
-    from fer_edge.export.checkpoint import CheckpointError, load_checkpoint
+    from fer_edge.models.checkpoint import CheckpointError, load_checkpoint
     for allow_pickle in (False, True):
         with pytest.raises(CheckpointError) as err:
             load_checkpoint(bad_files / name, allow_pickle=allow_pickle)
@@ -271,7 +274,7 @@ def test_corrupt_checkpoint_never_asks_for_allow_pickle(bad_files, name, reason)
 
 
 def test_real_pickle_names_the_global_and_the_opt_in(bad_files):
-    from fer_edge.export.checkpoint import CheckpointError, load_checkpoint
+    from fer_edge.models.checkpoint import CheckpointError, load_checkpoint
     with pytest.raises(CheckpointError, match=r"\(argparse\.Namespace\).*re-run with --allow-pickle"):
         load_checkpoint(bad_files / "namespace.pt")
     with pytest.raises(CheckpointError, match="no state_dict found"):  # loads with the opt-in; its state_dict is {}
@@ -286,7 +289,7 @@ def test_corrupt_checkpoint_cli_with_allow_pickle_is_one_line(bad_files, capsys,
 
 # ------------------------------------------------------------------ 3. architecture mismatch
 def test_b2_weights_with_b0_arch_name_the_fit(b2_state_dict, tmp_path, capsys):
-    from fer_edge.export.checkpoint import CheckpointError
+    from fer_edge.models.checkpoint import CheckpointError
     from fer_edge.export.exporter import export_model
     start = time.perf_counter()
     with pytest.raises(CheckpointError) as err:
@@ -306,7 +309,7 @@ def test_b2_weights_with_b0_arch_name_the_fit(b2_state_dict, tmp_path, capsys):
 
 def test_weights_of_no_known_arch_say_so(b2_state_dict, tmp_path):
     import torch
-    from fer_edge.export.checkpoint import CheckpointError
+    from fer_edge.models.checkpoint import CheckpointError
     from fer_edge.export.exporter import check_export_inputs
     state = torch.load(b2_state_dict, weights_only=True)
     del state["blocks.0.0.conv.weight"]
@@ -318,8 +321,8 @@ def test_weights_of_no_known_arch_say_so(b2_state_dict, tmp_path):
 
 def test_unknown_arch_lists_close_names(untrained_ckpt, tmp_path, capsys):
     import torch
-    from fer_edge.export.checkpoint import CheckpointError
-    from fer_edge.export.onnx_export import check_arch_name
+    from fer_edge.models.checkpoint import CheckpointError
+    from fer_edge.models.factory import check_arch_name
     with pytest.raises(CheckpointError, match=r"'tf_efficientnet_v2_b0' is not a timm model; did you mean one of "
                                               r"tf_efficientnetv2_b0"):
         check_arch_name("tf_efficientnet_v2_b0")
@@ -334,7 +337,7 @@ def test_unknown_arch_lists_close_names(untrained_ckpt, tmp_path, capsys):
 def test_write_artifact_writes_nothing_when_the_sidecar_cannot_be_written(tmp_path, monkeypatch):
     """write_artifact writes both temp files before renaming either: a failure while writing them leaves no
     artifact, no sidecar and no temp file."""
-    from fer_edge.runtime import artifact_io
+    from fer_edge.models import artifact_writer as artifact_io
     from fer_edge.runtime.contract import ModelContract
     contract = ModelContract(arch="tf_efficientnetv2_b0", labels=FER2013_LABELS, input_size=32, channels=1,
                              color_order="GRAY", mean=[0.5], std=[0.5])
@@ -358,16 +361,17 @@ def test_a_full_disk_at_write_time_is_one_clear_error(tmp_path, monkeypatch):
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(exporter, "write_artifact", full)
+    from fer_edge.models import artifact_writer
+    monkeypatch.setattr(artifact_writer, "write_artifact", full)
     with pytest.raises(exporter.ExportError, match=r"cannot write .*m\.onnx \(No space left on device\); free some "
                                                    r"space or pass another --out"):
         exporter.write_export_artifact(tmp_path / "m.onnx", b"x", contract)
 
 
 KILL_DRIVER = textwrap.dedent('''
-    """Run fer-export and SIGKILL it at the Nth os.replace (after it) or os.fsync (before it) of artifact_io."""
+    """Run fer-export and SIGKILL it at the Nth os.replace (after it) or os.fsync (before it) of the artifact writer."""
     import os, signal, sys, types
-    from fer_edge.runtime import artifact_io
+    from fer_edge.models import artifact_writer as artifact_io
     call, count = sys.argv[1], int(sys.argv[2])
     seen = [0]
     def wrapped(*args):
@@ -381,7 +385,7 @@ KILL_DRIVER = textwrap.dedent('''
     proxy = types.SimpleNamespace(**{name: getattr(os, name) for name in dir(os) if not name.startswith("__")})
     setattr(proxy, call, wrapped)
     artifact_io.os = proxy
-    from fer_edge.export.cli import main
+    from fer_edge.cli.export import main
     sys.exit(main(sys.argv[3:]))
 ''')
 
@@ -440,7 +444,7 @@ def test_sigkill_mid_export_never_leaves_a_half_file_and_stale_temps_are_cleaned
 
 @pytest.mark.slow
 def test_export_removes_stale_temp_files_of_a_killed_run(fitted_checkpoint, synthetic_npz, tmp_path, capsys):
-    from fer_edge.export.cli import main
+    from fer_edge.cli.export import main
     out = tmp_path / "out"
     out.mkdir()
     stale, fresh = out / ".x.onnx.abc.tmp", out / ".y.onnx.def.tmp"
@@ -456,7 +460,7 @@ def test_export_removes_stale_temp_files_of_a_killed_run(fitted_checkpoint, synt
 
 # ------------------------------------------------------------------ 6. the other CLIs: one line, exit 2
 def test_fer_train_errors_are_one_line(bad_files, tmp_path, capsys):
-    from fer_edge.training.train import main
+    from fer_edge.cli.train import main
     cli_error(capsys, main(["eval", "--weights", str(bad_files / "random.pt")]))
     cli_error(capsys, main(["ship", "--checkpoint", str(tmp_path / "nope.pt")]))
     (tmp_path / "bad.json").write_text("{not json")
@@ -467,6 +471,6 @@ def test_fer_train_errors_are_one_line(bad_files, tmp_path, capsys):
 
 
 def test_fer_demo_errors_exit_2(capsys):
-    from fer_edge.runtime.demo_cli import main
+    from fer_edge.cli.demo import main
     line = cli_error(capsys, main(["clip.mp4", "--max-frames", "0"]))
     assert line == "fer-demo: error: --max-frames must be >= 1"

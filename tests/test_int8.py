@@ -29,7 +29,7 @@ def probe_exported(synthetic_npz, tmp_path_factory):
     synthetic faces), exported to FP32 ONNX with the usual parity check."""
     import torch
     from fer_edge.export.exporter import export_model
-    from fer_edge.export.timm_compat import import_timm
+    from fer_edge.models.timm_compat import import_timm
     timm = import_timm()
     torch.manual_seed(0)
     model = timm.create_model("tf_efficientnetv2_b0", num_classes=7, in_chans=1).eval()

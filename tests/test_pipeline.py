@@ -71,7 +71,7 @@ def write_tiny_classifier(path: Path, size: int = 32) -> Path:
     written with its sidecar by the exporters' own writer."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from fer_edge.export.onnx_export import embed_contract
+    from fer_edge.models.artifact_writer import embed_contract
     from fer_edge.runtime.contract import ModelContract
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.normal(0, 0.05, (size * size, 7)).astype(np.float32), "W")
@@ -86,7 +86,7 @@ def write_tiny_classifier(path: Path, size: int = 32) -> Path:
                              color_order="GRAY", mean=[0.5], std=[0.5]).validate()
     embed_contract(proto, contract)
     onnx.checker.check_model(proto)
-    from fer_edge.runtime.artifact_io import write_artifact
+    from fer_edge.models.artifact_writer import write_artifact
     return write_artifact(path, proto.SerializeToString(), contract, "onnx")
 
 
@@ -100,7 +100,7 @@ def tiny_model(tmp_path_factory) -> Path:
 def pipeline(tiny_model):
     if not YUNET_320.exists():
         pytest.skip(f"needs {YUNET_320}")
-    from fer_edge.runtime.pipeline import FerPipeline
+    from fer_edge.pipeline.fer_pipeline import FerPipeline
     return FerPipeline(tiny_model, detector=str(YUNET_320), threads=1)
 
 
@@ -147,7 +147,7 @@ def test_user_boxes_skip_the_detector(pipeline):
 
 @needs_export_stack
 def test_absurd_detector_boxes_are_skipped_with_a_warning(pipeline, caplog):
-    from fer_edge.runtime.detection import Detection
+    from fer_edge.pipeline.detection import Detection
     real = pipeline.detector.detect
     glitch = Detection((-1e6, -1e6, 2e6, 2e6), 0.9, None)
     pipeline.detector.detect = lambda frame: [glitch] + real(frame) + [Detection((np.nan, 5, 40, 40), 0.9, None)]
@@ -188,8 +188,8 @@ def test_track_ids_stay_with_a_moving_face(pipeline):
 @needs_export_stack
 def test_no_detector_means_haar_or_a_clear_error(tiny_model, caplog):
     from fer_edge.runtime.errors import BackendUnavailableError
-    from fer_edge.runtime.haar import haar_available
-    from fer_edge.runtime.pipeline import FerPipeline
+    from fer_edge.pipeline.haar import haar_available
+    from fer_edge.pipeline.fer_pipeline import FerPipeline
     if not haar_available():  # OpenCV 5 dropped the cascade: the default must say so and name the fix
         with pytest.raises(BackendUnavailableError, match="YuNet"):
             FerPipeline(tiny_model)
@@ -202,7 +202,7 @@ def test_no_detector_means_haar_or_a_clear_error(tiny_model, caplog):
 
 
 def test_haar_detects_the_astronaut_when_opencv_has_it():
-    from fer_edge.runtime.haar import HaarDetector, haar_available
+    from fer_edge.pipeline.haar import HaarDetector, haar_available
     if not haar_available():
         pytest.skip("this OpenCV has no Haar cascade (OpenCV 5); covered by the clear-error test")
     faces = HaarDetector().detect(scene(1))
@@ -213,7 +213,7 @@ def test_haar_detects_the_astronaut_when_opencv_has_it():
 
 # ------------------------------------------------------------------ tracker
 def test_tracker_ids_new_faces_and_expiry():
-    from fer_edge.runtime.tracker import IouTracker
+    from fer_edge.pipeline.tracker import IouTracker
     tracker = IouTracker(iou_threshold=0.3, max_missed=2)
     a, b = (100, 100, 80, 80), (400, 100, 80, 80)
     assert tracker.update([a]) == [1]
@@ -228,7 +228,7 @@ def test_tracker_ids_new_faces_and_expiry():
 
 
 def test_tracker_matches_best_overlap_first():
-    from fer_edge.runtime.tracker import IouTracker
+    from fer_edge.pipeline.tracker import IouTracker
     tracker = IouTracker()
     tracker.update([(0, 0, 100, 100), (60, 0, 100, 100)])
     assert tracker.update([(62, 0, 100, 100), (2, 0, 100, 100)]) == [2, 1]
@@ -244,7 +244,7 @@ def noisy_constant_sequence(n=400, seed=0):
 
 
 def test_ema_math_and_pass_through():
-    from fer_edge.runtime.smoothing import Smoother
+    from fer_edge.pipeline.smoothing import Smoother
     s = Smoother(method="ema", alpha=0.5, margin=0.0, hold=1)
     p1, p2 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
     np.testing.assert_allclose(s.update(7, p1)[0], p1)
@@ -258,7 +258,7 @@ def test_ema_math_and_pass_through():
 
 
 def test_window_vote():
-    from fer_edge.runtime.smoothing import Smoother
+    from fer_edge.pipeline.smoothing import Smoother
     s = Smoother(method="window", window=4, margin=0.0, hold=1)
     seq = [0, 1, 1, 0, 1]
     for c in seq:
@@ -268,7 +268,7 @@ def test_window_vote():
 
 
 def test_hysteresis_and_smoothing_cut_flips_at_least_5x():
-    from fer_edge.runtime.smoothing import Smoother, count_flips
+    from fer_edge.pipeline.smoothing import Smoother, count_flips
     probs = noisy_constant_sequence()
     raw = count_flips(probs.argmax(axis=1))
     for method in ("ema", "window"):
@@ -282,7 +282,7 @@ def test_hysteresis_and_smoothing_cut_flips_at_least_5x():
 
 
 def test_smoother_follows_a_real_change_and_forgets_tracks():
-    from fer_edge.runtime.smoothing import Smoother
+    from fer_edge.pipeline.smoothing import Smoother
     s = Smoother()
     for _ in range(5):
         assert s.update(1, np.array([0.8, 0.1, 0.1]))[1] == 0
@@ -293,7 +293,7 @@ def test_smoother_follows_a_real_change_and_forgets_tracks():
 
 
 def test_smoothing_config_errors():
-    from fer_edge.runtime.smoothing import Smoother
+    from fer_edge.pipeline.smoothing import Smoother
     with pytest.raises(ValueError, match="method"):
         Smoother(method="kalman")
     with pytest.raises(ValueError, match="alpha"):

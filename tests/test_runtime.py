@@ -30,7 +30,7 @@ def faces():
 
 def test_fp32_fp16_and_torch_agree(exported, fp32, faces, fitted_checkpoint):
     import torch
-    from fer_edge.export.exporter import prepare_model
+    from fer_edge.models.factory import prepare_model
     x, y = faces
     fp16 = load(exported["fp16"].path, threads=1)
     assert (fp32.precision, fp16.precision) == ("fp32", "fp16")

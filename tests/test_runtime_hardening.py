@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import FER2013_LABELS, needs_export_stack, synthetic_faces
-from fer_edge.runtime import artifact_io, engine_compat, load, preprocess
+from fer_edge.runtime import artifact_io, load, preprocess
+from fer_edge.runtime.tensorrt import engine_compat
 from fer_edge.runtime.artifact_io import sha256_file, sidecar_path
 from fer_edge.runtime.contract import METADATA_KEY, ModelContract
 from fer_edge.runtime.errors import (ContractError, FerEdgeError, InputError, IntegrityWarning, ModelLoadError)
@@ -212,7 +213,7 @@ def test_probabilities_contract_on_a_softmax_graph_is_accepted(exported, tmp_pat
 def test_half_precision_graph_input_is_refused_at_load(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from fer_edge.export.onnx_export import embed_contract
+    from fer_edge.models.artifact_writer import embed_contract
     weight = numpy_helper.from_array(np.zeros((32 * 32, 7), np.float32), "W")
     graph = helper.make_graph(
         [helper.make_node("Cast", ["input"], ["x"], to=TensorProto.FLOAT),

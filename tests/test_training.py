@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 try:  # plain `import timm` fails on CPU torch with a CUDA torchvision; use the project's shim
-    from fer_edge.export.timm_compat import import_timm
+    from fer_edge.models.timm_compat import import_timm
     import_timm()
 except ImportError as exc:  # pragma: no cover - training extra not installed
     pytest.skip(f"timm unavailable ({exc}); pip install 'fer-edge[train]'", allow_module_level=True)
@@ -22,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - training extra not installed
 from fer_edge.training import augment as A  # noqa: E402
 from fer_edge.training import data as D  # noqa: E402
 from fer_edge.training import train as T  # noqa: E402
+from fer_edge.cli import train as train_cli  # noqa: E402
 from fer_edge.training.ckpt import REQUIRED_KEYS, read_safetensors, save_checkpoint, to_python  # noqa: E402
 from fer_edge.training.metrics import confusion_matrix, summary  # noqa: E402
 from fer_edge.runtime.preprocess import prepare_batch  # noqa: E402
@@ -31,7 +32,7 @@ DATA_DIR = REPO.parent / "shared" / "data" / "fer2013"
 HAVE_DATA = (DATA_DIR / "fer2013_train_1of2.npz").is_file() and (DATA_DIR / "fer2013_publictest.npz").is_file()
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"FER-2013 npz files not found in {DATA_DIR} "
                                 "(../shared is absent on a fresh clone)")
-SHIPPED = REPO / "export" / "reference_model" / "fer2013_tf_efficientnetv2_b0.safetensors"
+SHIPPED = REPO / "models" / "reference_model" / "fer2013_tf_efficientnetv2_b0.safetensors"
 README_TRAIN_COUNTS = [3995, 436, 4097, 7215, 4830, 3171, 4965]
 README_PUBLIC_COUNTS = [467, 56, 496, 895, 653, 415, 607]
 
@@ -145,11 +146,11 @@ def test_config_files_and_overrides():
         cfg = T.load_config(str(REPO / "training" / name))
         assert cfg["arch"] == "tf_efficientnetv2_b0" and cfg["labels"] == D.FER2013_LABELS
         A.AugmentConfig.from_dict(cfg["augment"])
-    args = T.build_parser().parse_args(["--epochs", "3", "--set", "augment.pad=2", "--set", "lr=0.01"])
+    args = train_cli.build_parser().parse_args(["--epochs", "3", "--set", "augment.pad=2", "--set", "lr=0.01"])
     cfg = T.apply_overrides(T.load_config(str(REPO / "training" / "config_cpu.json")), args)
     assert cfg["epochs"] == 3 and cfg["augment"]["pad"] == 2 and cfg["lr"] == 0.01
     with pytest.raises(SystemExit):
-        T.apply_overrides(T.load_config(None), T.build_parser().parse_args(["--set", "nope=1"]))
+        T.apply_overrides(T.load_config(None), train_cli.build_parser().parse_args(["--set", "nope=1"]))
 
 
 def test_metrics():
@@ -240,7 +241,7 @@ def test_real_class_counts_and_no_publictest_in_training():
 @pytest.mark.slow
 def test_real_one_epoch_smoke_via_cli(tmp_path):
     out = tmp_path / "run"
-    rc = T.main(["--config", str(REPO / "training" / "config_cpu.json"), "--data-dir", str(DATA_DIR),
+    rc = train_cli.main(["--config", str(REPO / "training" / "config_cpu.json"), "--data-dir", str(DATA_DIR),
                  "--out-dir", str(out), "--epochs", "1", "--img-size", "32", "--batch-size", "32",
                  "--limit-train", "64", "--limit-val", "64", "--set", "log_every=0"])
     assert rc == 0

@@ -36,7 +36,7 @@ def assert_same_faces(ours, theirs, scale=1.0, tol_px=2.0):
                     reason="OpenCV 4.x's ONNX importer cannot load the dynamic-shape YuNet (isDynamicShape assertion); "
                            "the 320 and 640 models are compared instead")
 def test_decode_matches_opencv_on_the_photo_dynamic_model():
-    from fer_edge.runtime.yunet import YuNetDetector
+    from fer_edge.pipeline.yunet import YuNetDetector
     image = face_photo()                                             # 512x512 astronaut (or 256x256 FER face)
     ours = YuNetDetector(DYNAMIC, input_size=max(image.shape), score_threshold=0.5).detect(image)
     assert_same_faces(ours, opencv_faces(DYNAMIC, image))
@@ -45,7 +45,7 @@ def test_decode_matches_opencv_on_the_photo_dynamic_model():
 @needs_yunet
 @pytest.mark.parametrize("faces", [1, 4])
 def test_decode_matches_opencv_fixed_model_with_letterbox(faces):
-    from fer_edge.runtime.yunet import YuNetDetector, letterbox
+    from fer_edge.pipeline.yunet import YuNetDetector, letterbox
     frame = scene(faces)                                             # 640x480 -> letterboxed into 640x640
     ours = YuNetDetector(FIXED_640, score_threshold=0.5).detect(frame)
     boxed, scale = letterbox(frame, 640, 640)
@@ -56,7 +56,7 @@ def test_decode_matches_opencv_fixed_model_with_letterbox(faces):
 
 @needs_yunet
 def test_letterbox_maps_boxes_back_to_frame_pixels():
-    from fer_edge.runtime.yunet import YuNetDetector, letterbox
+    from fer_edge.pipeline.yunet import YuNetDetector, letterbox
     frame = scene(1)
     boxed, scale = letterbox(frame, 320, 320)                        # 640x480 -> 320x240 + 80 rows of padding
     assert scale == 0.5 and boxed.shape == (320, 320, 3) and not boxed[240:].any()
@@ -71,7 +71,7 @@ def test_letterbox_maps_boxes_back_to_frame_pixels():
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes():
-    from fer_edge.runtime.yunet import nms
+    from fer_edge.pipeline.yunet import nms
     boxes = np.array([[0, 0, 100, 100], [5, 5, 100, 100], [200, 200, 50, 50], [0, 0, 100, 100], [210, 200, 50, 50]],
                      np.float32)
     scores = np.array([0.8, 0.9, 0.7, 0.5, 0.95], np.float32)
@@ -83,7 +83,7 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
 
 def test_decode_grid_semantics():
     """One cell with known offsets decodes exactly as centre = (cell + d) * stride, size = exp(d) * stride."""
-    from fer_edge.runtime.yunet import decode
+    from fer_edge.pipeline.yunet import decode
     w, h = 64, 32
     out = {}
     for s in (8, 16, 32):
@@ -104,7 +104,7 @@ def test_decode_grid_semantics():
 
 
 def test_wrong_model_files_are_refused(tmp_path):
-    from fer_edge.runtime.detection import create_detector
+    from fer_edge.pipeline.detection import create_detector
     from fer_edge.runtime.errors import ModelLoadError
     with pytest.raises(ModelLoadError, match="no such YuNet"):
         create_detector(tmp_path / "missing.onnx")
@@ -116,6 +116,6 @@ def test_wrong_model_files_are_refused(tmp_path):
 @needs_export_stack
 def test_fer_model_is_not_a_yunet(tiny_model):
     from fer_edge.runtime.errors import ModelLoadError
-    from fer_edge.runtime.yunet import YuNetDetector
+    from fer_edge.pipeline.yunet import YuNetDetector
     with pytest.raises(ModelLoadError, match="not a YuNet"):
         YuNetDetector(tiny_model)

@@ -2,7 +2,7 @@
 
     fer-train --config training/config_cpu.json             # train (CPU recipe); --resume RUN/last.pt to continue
     fer-train --config training/config_default.json         # train (GPU recipe)
-    fer-train ship --checkpoint RUN/best.pt --out export/reference_model/fer2013_tf_efficientnetv2_b0.safetensors
+    fer-train ship --checkpoint RUN/best.pt --out models/reference_model/fer2013_tf_efficientnetv2_b0.safetensors
     fer-train eval --weights FILE.{pt,safetensors} --report-prefix benchmarks/results/training_publictest
     fer-train speed --sizes 48 64 96                        # step time / latency per input size
 
@@ -11,7 +11,6 @@ Checkpoint selection uses the FER-2013 PublicTest split only (there is no Privat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import csv
 import json
@@ -19,17 +18,14 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from fer_edge.cli_support import new_parser, run_cli
-from fer_edge.runtime.errors import FerEdgeError
 
-from .data import DEFAULT_DATA_DIR, Split, class_weights, load_split, make_contract, prepare_tensor
+from fer_edge.training.data import DEFAULT_DATA_DIR, Split, class_weights, load_split, make_contract, prepare_tensor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_top1", "val_macro_f1", "val_loss",
@@ -99,7 +95,7 @@ def hardware_string(device) -> str:
 
 def build_model(arch: str, num_classes: int, in_chans: int = 1, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                 zero_init_head: bool = False):
-    from fer_edge.export.timm_compat import import_timm
+    from fer_edge.models.timm_compat import import_timm
     import torch
     timm = import_timm()
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans,
@@ -132,7 +128,7 @@ def evaluate(model, x, y, batch_size: int, device, num_classes: int, channels_la
     """Plain forward pass on prepared tensors (no TTA). Returns (confusion matrix, mean CE loss, predictions)."""
     import torch
     import torch.nn.functional as F
-    from .metrics import confusion_matrix
+    from fer_edge.training.metrics import confusion_matrix
     model.eval()
     preds, loss_sum = [], 0.0
     y_t = torch.as_tensor(y)
@@ -155,7 +151,7 @@ def write_history(history: List[Dict[str, float]], out_dir: Path) -> None:
         for h in history:
             w.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in h.items()})
     try:
-        from .plots import plot_history
+        from fer_edge.training.plots import plot_history
         plot_history(history, out_dir / "curves.png")
     except Exception as exc:  # plotting must never stop training
         print(f"warning: could not plot curves ({exc})", flush=True)
@@ -179,10 +175,10 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
     """
     import torch
     import torch.nn.functional as F
-    from .augment import AugmentConfig, augment_batch, mix_batch
-    from .ckpt import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-    from .ema import ModelEma
-    from .metrics import summary
+    from fer_edge.training.augment import AugmentConfig, augment_batch, mix_batch
+    from fer_edge.training.ckpt import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+    from fer_edge.training.ema import ModelEma
+    from fer_edge.training.metrics import summary
 
     state = None
     if resume:
@@ -349,7 +345,7 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
 # ----------------------------------------------------------------------------------- eval and ship
 def load_weights(path):
     """(model in fp32 with the weights, header dict) from a training .pt or the shipped .safetensors."""
-    from .ckpt import header_from_checkpoint, load_checkpoint, read_safetensors
+    from fer_edge.training.ckpt import header_from_checkpoint, load_checkpoint, read_safetensors
     path = Path(path)
     if path.suffix == ".safetensors":
         state, meta = read_safetensors(path)
@@ -362,7 +358,7 @@ def load_weights(path):
 
 
 def eval_publictest(model, meta, data_dir, batch_size: int = 256):
-    from .metrics import summary
+    from fer_edge.training.metrics import summary
     contract = make_contract(meta["arch"], meta["labels"], meta["img_size"], meta["mean"], meta["std"],
                              meta["interpolation"])
     val = load_split(data_dir, "publictest")
@@ -373,8 +369,8 @@ def eval_publictest(model, meta, data_dir, batch_size: int = 256):
 
 
 def write_report(cm, meta, prefix, title: str) -> None:
-    from .metrics import report_rows, summary
-    from .plots import plot_confusion
+    from fer_edge.training.metrics import report_rows, summary
+    from fer_edge.training.plots import plot_confusion
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     rows = report_rows(cm, meta["labels"])
@@ -397,7 +393,7 @@ def write_report(cm, meta, prefix, title: str) -> None:
 
 def ship(checkpoint, out, data_dir=None, report_prefix=None, tolerance_pt: float = 0.1) -> Dict[str, Any]:
     """best.pt -> fp16 safetensors with metadata; checks the fp16 weights keep PublicTest top-1 within tolerance."""
-    from .ckpt import header_from_checkpoint, load_checkpoint, write_safetensors
+    from fer_edge.training.ckpt import header_from_checkpoint, load_checkpoint, write_safetensors
     ckpt = load_checkpoint(checkpoint)
     meta = header_from_checkpoint(ckpt)
     history = ckpt.get("history", [])
@@ -478,143 +474,3 @@ def speed(sizes, batch: int = 64, steps: int = 5, threads: int = 2, arch: str = 
             w.writeheader()
             w.writerows(rows)
     return rows
-
-
-# --------------------------------------------------------------------------------------------- CLI
-SUBCOMMANDS = ("ship", "eval", "speed")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("fer-train", description=__doc__)
-    p.add_argument("--config", help="JSON recipe (training/config_cpu.json or training/config_default.json)")
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with the FER-2013 npz files")
-    p.add_argument("--out-dir", dest="out_dir", help="run folder (last.pt, best.pt, history.csv, curves.png)")
-    p.add_argument("--resume", help="continue from a last.pt")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float)
-    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float)
-    p.add_argument("--label-smoothing", dest="label_smoothing", type=float)
-    p.add_argument("--ema-decay", dest="ema_decay", type=float)
-    p.add_argument("--img-size", dest="img_size", type=int)
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); 0 keeps torch's default")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu or cuda[:N]")
-    p.add_argument("--limit-train", dest="limit_train", type=int, help="random subset of Training (smoke runs)")
-    p.add_argument("--limit-val", dest="limit_val", type=int, help="random subset of PublicTest (smoke runs)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. augment.pad=2")
-    p.add_argument("--stop-after", dest="stop_after", type=int, help="stop after N epochs of this call (resume later)")
-    p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
-    return p
-
-
-def build_sub_parser(sub: str) -> argparse.ArgumentParser:
-    p = new_parser(f"fer-train {sub}")
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
-    if sub == "ship":
-        p.add_argument("--checkpoint", required=True)
-        p.add_argument("--out", default=str(REPO_ROOT / "export" / "reference_model" / "fer2013_tf_efficientnetv2_b0.safetensors"))
-        p.add_argument("--report-prefix", default=None)
-    elif sub == "eval":
-        p.add_argument("--weights", required=True)
-        p.add_argument("--report-prefix", default=None)
-    else:
-        p.add_argument("--sizes", type=int, nargs="+", default=[48, 64, 96])
-        p.add_argument("--batch", type=int, default=64)
-        p.add_argument("--steps", type=int, default=5)
-        p.add_argument("--threads", type=int, default=2)
-        p.add_argument("--out-csv", default=None)
-    return p
-
-
-def _passive_omp() -> None:
-    """Shared CPUs: make idle OpenMP threads sleep instead of spin. Measured on the 2-core dev box while other
-    jobs ran: batch-64 step at 48 px took 23.3 s with torch's default spin-wait, 2.6 s with PASSIVE. Must be set
-    before torch starts its thread pool; an explicit OMP_WAIT_POLICY in the environment wins."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _check_config_file(path: Optional[str]) -> None:
-    if path is None:
-        return
-    fix = "pass training/config_cpu.json, training/config_default.json or your own JSON recipe"
-    try:
-        json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise FerEdgeError(f"--config {path}: cannot read it ({exc.strerror}); {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FerEdgeError(f"--config {path}: not valid JSON ({exc}); fix the file or {fix}") from None
-
-
-def _check_weights_file(path: Optional[str]) -> None:
-    """Read a checkpoint once with fer-export's reader before any work: a missing, empty or corrupt file then
-    fails with one line that names it, instead of a torch traceback minutes into a run."""
-    if path is not None:
-        from fer_edge.export.checkpoint import load_checkpoint as load_export_checkpoint
-        load_export_checkpoint(path)
-
-
-@contextlib.contextmanager
-def _training_errors():
-    """The training code reports bad input as SystemExit(message), ValueError or FileNotFoundError; show those
-    as the one-line CLI error. argparse's own exits carry an int code and pass through."""
-    try:
-        yield
-    except SystemExit as exc:
-        if isinstance(exc.code, str):
-            raise FerEdgeError(exc.code) from None
-        raise
-    except (ValueError, FileNotFoundError) as exc:
-        raise FerEdgeError(str(exc)) from None
-
-
-def _run_sub(sub: str, argv: List[str]) -> int:
-    a = build_sub_parser(sub).parse_args(argv)
-    if sub == "ship":
-        _check_weights_file(a.checkpoint)
-        res = ship(a.checkpoint, a.out, a.data_dir, a.report_prefix)
-        print(json.dumps(res, indent=2, default=str))
-    elif sub == "eval":
-        _check_weights_file(a.weights)
-        model, meta = load_weights(a.weights)
-        cm, s, _ = eval_publictest(model, meta, a.data_dir)
-        print(json.dumps(s))
-        if a.report_prefix:
-            write_report(cm, meta, a.report_prefix, f"{meta['arch']} {meta['img_size']}px ({Path(a.weights).name})")
-    else:
-        speed(a.sizes, a.batch, a.steps, a.threads, out_csv=a.out_csv)
-    return 0
-
-
-def _run_train(argv: List[str], command: str) -> int:
-    args = build_parser().parse_args(argv)
-    _check_config_file(args.config)
-    cfg = apply_overrides(load_config(args.config), args)
-    if args.print_config:
-        print(json.dumps(cfg, indent=2))
-        return 0
-    _check_weights_file(args.resume)
-    resume_overrides = {"epochs": args.epochs} if (args.resume and args.epochs is not None) else None
-    res = train(cfg, resume=args.resume, data_dir=args.data_dir, command=command,
-                stop_after=args.stop_after, resume_overrides=resume_overrides)
-    print(f"done: best PublicTest top-1 {res['best_top1']:.2f} -> {res['best_path']}", flush=True)
-    return 0
-
-
-def _main(argv: List[str]) -> int:
-    _passive_omp()
-    command = "fer-train " + " ".join(argv)
-    with _training_errors():
-        if argv and argv[0] in SUBCOMMANDS:
-            return _run_sub(argv[0], argv[1:])
-        return _run_train(argv, command)
-
-
-def main(argv=None) -> int:
-    return run_cli("fer-train", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

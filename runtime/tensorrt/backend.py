@@ -20,11 +20,11 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .contract import ModelContract
-from .cuda_buffers import IoBuffers, TensorSpec, batch_range, input_shape, load_cuda_api, nbytes
-from .engine_compat import RuntimeTarget, check_compatibility, rebuild_command, verify_engine_file
-from .errors import ContractError, ModelLoadError
-from .trt_import import RUNTIME_ORDER, TrtFlavour, import_first, import_flavour, make_logger
+from fer_edge.runtime.contract import ModelContract
+from fer_edge.runtime.tensorrt.cuda_buffers import IoBuffers, TensorSpec, batch_range, input_shape, load_cuda_api, nbytes
+from fer_edge.runtime.tensorrt.engine_compat import RuntimeTarget, check_compatibility, rebuild_command, verify_engine_file
+from fer_edge.runtime.errors import ContractError, ModelLoadError
+from fer_edge.runtime.tensorrt.trt_import import RUNTIME_ORDER, TrtFlavour, import_first, import_flavour, make_logger
 
 TRT_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
               "BOOL": np.bool_, "UINT8": np.uint8, "BF16": None}
@@ -148,7 +148,7 @@ class TensorRTBackend:
                     "cuda_graph": self.cuda_graph, "cuda_graph_batches": "1 (fixed shape)" if self.cuda_graph else "none",
                     "data_transfers": True, "spin_wait": self.spin_wait, "sync_mode": "spin" if self.spin_wait else "blocking",
                     "engine_batch_range": [self.min_batch, self.max_batch], **self.gpu}
-        from .gpu_info import nvml_snapshot                     # optional: clocks/power when pynvml is present
+        from fer_edge.runtime.tensorrt.gpu_info import nvml_snapshot                     # optional: clocks/power when pynvml is present
         settings.update(nvml_snapshot(self.api.device))
         built = (sidecar.get("engine") or {})
         settings["engine_built_with"] = f"{built.get('flavour')} {built.get('version')}"

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import BackendUnavailableError, ContractError, FerEdgeError
+from fer_edge.runtime.errors import BackendUnavailableError, ContractError, FerEdgeError
 
 Shape = Tuple[int, ...]
 

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 import cv2
 import numpy as np
 
-from .errors import ModelLoadError
+from fer_edge.runtime.errors import ModelLoadError
 
 Box = Tuple[float, float, float, float]  # x, y, w, h in frame pixels
 
@@ -84,11 +84,11 @@ def create_detector(path: Optional[os.PathLike] = None, score_threshold: Optiona
     options go to the detector (YuNet: nms_threshold, top_k, input_size; Haar: min_size, ...).
     """
     if path is None:
-        from .haar import HaarDetector, default_detector
+        from fer_edge.pipeline.haar import HaarDetector, default_detector
         return HaarDetector(**options) if options else default_detector()
     path = str(path)
     if path.lower().endswith(".onnx"):
-        from .yunet import YuNetDetector
+        from fer_edge.pipeline.yunet import YuNetDetector
         kwargs = dict(options)
         if score_threshold is not None:
             kwargs["score_threshold"] = score_threshold

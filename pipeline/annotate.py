@@ -6,7 +6,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .detection import to_bgr
+from fer_edge.pipeline.detection import to_bgr
 
 # BGR colours per common FER label; other labels get a colour derived from their name.
 COLOURS = {"angry": (40, 40, 230), "disgust": (40, 140, 40), "fear": (160, 60, 160), "happy": (40, 200, 240),

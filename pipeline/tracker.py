@@ -10,7 +10,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from .detection import Box, box_iou
+from fer_edge.pipeline.detection import Box, box_iou
 
 
 @dataclass

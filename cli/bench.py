@@ -49,7 +49,7 @@ def _pipeline_module():
 
 
 def build_parser(pipeline=None) -> argparse.ArgumentParser:
-    from fer_edge.benchmarks.datasets import UNKNOWN_CLASS_POLICIES
+    from fer_edge.data.datasets import UNKNOWN_CLASS_POLICIES
     parser = new_parser("fer-bench", description=__doc__, epilog=EXAMPLES)
     models = parser.add_argument_group("models (order: MODEL arguments, then --model, then --engine; the first is the reference)")
     models.add_argument("models", nargs="*", metavar="MODEL", help=".onnx or TensorRT .engine/.plan artifacts")
@@ -118,7 +118,7 @@ def _check_args(args) -> List[str]:
 
 
 def parse_label_map_option(text: Optional[str]) -> Optional[Dict[str, str]]:
-    from fer_edge.runtime.labels import parse_label_map
+    from fer_edge.data.labels import parse_label_map
     if text is None:
         return None
     try:
@@ -136,7 +136,7 @@ def _model_entry(model, bench_settings: Dict) -> Dict:
 
 def _data_notes(faces) -> List[str]:
     """What reading --data left out or renamed, for the printed output."""
-    from fer_edge.benchmarks.datasets import dropped_summary
+    from fer_edge.data.datasets import dropped_summary
     notes = []
     if faces.dropped:
         notes.append(f"{faces.source}: {dropped_summary(faces.dropped)} (--unknown-classes drop)")
@@ -147,7 +147,7 @@ def _data_notes(faces) -> List[str]:
 
 
 def _accuracy_entry(faces, predictions, model, position: int, report_dir: Optional[Path]) -> Dict:
-    from fer_edge.benchmarks.accuracy import classification_metrics
+    from fer_edge.data.metrics import classification_metrics
     from fer_edge.benchmarks.plots import write_confusion_png
     metrics = classification_metrics(faces.targets, predictions, model.labels)
     metrics.update(data=faces.source, dropped_faces=sum(faces.dropped.values()), dropped_classes=dict(faces.dropped),
@@ -163,8 +163,8 @@ def _accuracy_entry(faces, predictions, model, position: int, report_dir: Option
 def _evaluate(models, entries, args, label_map: Optional[Dict[str, str]], report_dir: Optional[Path],
               progress: bool) -> Optional[object]:
     """Accuracy of every model on --data; returns the faces (reused as latency crops)."""
-    from fer_edge.benchmarks.accuracy import agreement, predict_all
-    from fer_edge.benchmarks.datasets import load_faces
+    from fer_edge.data.metrics import agreement, predict_all
+    from fer_edge.data.datasets import load_faces
     cache, reference = {}, None
     for position, (model, entry) in enumerate(zip(models, entries)):
         key = tuple(model.labels)
@@ -190,10 +190,10 @@ def _load(path: str, threads: Optional[int]):
     try:
         return load(path, threads=threads)
     except ModuleNotFoundError as exc:
-        if exc.name != "fer_edge.runtime.tensorrt_backend":
+        if exc.name != "fer_edge.runtime.tensorrt.backend":
             raise
         raise BackendUnavailableError(f"{path}: this fer-edge install has no TensorRT backend "
-                                      "(fer_edge.runtime.tensorrt_backend is missing); benchmark the .onnx instead, "
+                                      "(fer_edge.runtime.tensorrt.backend is missing); benchmark the .onnx instead, "
                                       "or install a fer-edge release with TensorRT support and pip install 'fer-edge[trt]'") from None
 
 

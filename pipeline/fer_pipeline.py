@@ -1,6 +1,6 @@
 """FerPipeline: frame -> detect -> crop -> classify (one batch) -> track -> smooth -> FaceResults.
 
-    from fer_edge.runtime.pipeline import FerPipeline
+    from fer_edge.pipeline.fer_pipeline import FerPipeline
     pipe = FerPipeline("fer-artifacts/model.onnx", detector="face_detection_yunet_2023mar.onnx", threads=2)
     for face in pipe(frame):            # BGR, BGRA or gray uint8, any size
         print(face.track_id, face.smoothed_label, face.smoothed_score)
@@ -17,11 +17,11 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .detection import Box, Detection, check_frame, create_detector, detections_from_boxes
-from .model import FerModel, load
-from .preprocess import crop_face, face_box_problem
-from .smoothing import Smoother, SmoothingConfig
-from .tracker import IouTracker
+from fer_edge.pipeline.detection import Box, Detection, check_frame, create_detector, detections_from_boxes
+from fer_edge.runtime.model import FerModel, load
+from fer_edge.runtime.preprocess import crop_face, face_box_problem
+from fer_edge.pipeline.smoothing import Smoother, SmoothingConfig
+from fer_edge.pipeline.tracker import IouTracker
 
 STAGES = ("detect", "crop", "classify", "smooth")
 log = logging.getLogger("fer_edge.runtime")

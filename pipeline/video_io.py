@@ -19,7 +19,7 @@ from typing import Iterator, List, Optional
 import cv2
 import numpy as np
 
-from .errors import DataError
+from fer_edge.runtime.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 URL_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")

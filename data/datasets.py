@@ -3,7 +3,7 @@
 One entry point, `load_faces(path, ...)`, used by fer-bench --data, fer-export --parity-data and
 calibration. Images stay uint8 crops (gray or BGR); the model's contract turns them into tensors.
 Every reader hands its label codes to `checked_label_codes` (the one range check), and `load_faces` maps
-them to the model's labels through `fer_edge.runtime.labels.match_labels` (the one name matcher).
+them to the model's labels through `fer_edge.data.labels.match_labels` (the one name matcher).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from fer_edge.runtime.errors import DataError
-from fer_edge.runtime.labels import FER2013_LABELS, canonical_label, match_labels
+from fer_edge.data.labels import FER2013_LABELS, canonical_label, match_labels
 
 UNKNOWN_CLASS_POLICIES = ("error", "drop")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from fer_edge.runtime.artifact_io import sha256_file
 from fer_edge.runtime.errors import FerEdgeError
-from fer_edge.runtime.labels import LABEL_SETS
+from fer_edge.data.labels import LABEL_SETS
 
 CHECKPOINT_FORMAT = "fer_edge.checkpoint.v1"
 # Keys under which training scripts (ours, timm's train.py, Lightning, plain loops) keep the weights.

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .artifact_io import sidecar_path, verify_artifact
-from .errors import ModelLoadError
-from .trt_import import parse_version
+from fer_edge.runtime.artifact_io import sidecar_path, verify_artifact
+from fer_edge.runtime.errors import ModelLoadError
+from fer_edge.runtime.tensorrt.trt_import import parse_version
 
 HARDWARE_COMPAT_LEVELS = ("none", "ampere+", "same-cc")
 

@@ -9,7 +9,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Tuple
 
-from .errors import BackendUnavailableError
+from fer_edge.runtime.errors import BackendUnavailableError
 
 FLAVOURS = ("tensorrt", "tensorrt_lean", "tensorrt_rtx")
 BUILD_ORDER = ("tensorrt", "tensorrt_rtx")              # tensorrt_lean has no Builder

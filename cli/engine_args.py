@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from fer_edge.runtime.engine_compat import HARDWARE_COMPAT_LEVELS
+from fer_edge.runtime.tensorrt.engine_compat import HARDWARE_COMPAT_LEVELS
 
 ENGINE_EXAMPLES = """engine examples (TensorRT >= 10 or tensorrt-rtx; run on the target GPU/Jetson):
   fer-export --engine --fp16                                # export + FP16 engine, dynamic batch 1:8:32
@@ -61,7 +61,7 @@ def check_engine_args(args: argparse.Namespace) -> None:
     if not args.engine:
         return
     engine_options(args)
-    from fer_edge.runtime.trt_import import import_builder
+    from fer_edge.runtime.tensorrt.trt_import import import_builder
     import_builder(args.trt)
 
 

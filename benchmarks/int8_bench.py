@@ -1,7 +1,7 @@
 """Measure the INT8 pipeline on a model: per calibration method, accuracy before/after the gate and wall time,
 the CPU-target variant, and ONNX Runtime CPU latency FP32 vs INT8 side by side.
 
-    python -m fer_edge.calibration.benchmark_int8 --fp32 fer-artifacts/<name>_fp32.onnx \\
+    python -m fer_edge.benchmarks.int8_bench --fp32 fer-artifacts/<name>_fp32.onnx \\
         --calib ../shared/data/fer2013/fer2013_train_1of2.npz --val ../shared/data/fer2013/fer2013_publictest.npz \\
         --out benchmarks/results/int8_reference
 
@@ -21,11 +21,12 @@ import numpy as np
 
 from fer_edge.benchmarks.report import environment, environment_markdown
 from fer_edge.cli_support import new_parser, run_cli
-from fer_edge.runtime.artifact_io import atomic_write_bytes, atomic_write_json, sidecar_contract
+from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
+from fer_edge.runtime.artifact_io import sidecar_contract
 from fer_edge.runtime.errors import FerEdgeError
 
-from .int8_export import Int8Options, export_int8
-from .quantize import METHODS
+from fer_edge.calibration.int8_export import Int8Options, export_int8
+from fer_edge.calibration.quantize import METHODS
 
 
 def latency(models: Dict[str, bytes], channels: int, size: int, batches=(1, 32), threads: int = 2,
@@ -161,7 +162,7 @@ def render(r: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-PROG = "python -m fer_edge.calibration.benchmark_int8"
+PROG = "python -m fer_edge.benchmarks.int8_bench"
 
 
 def build_parser():
@@ -190,7 +191,7 @@ def _main(argv: List[str]) -> int:
         args.checkpoint, Path(tempfile.mkdtemp(prefix="fer-int8-fp32-")), args.val, args.val_split)
     synthetic = args.synthetic
     if synthetic == "shipped":
-        from .synthesize import shipped_set_for_reference_model
+        from fer_edge.calibration.synthesize import shipped_set_for_reference_model
         synthetic = str(shipped_set_for_reference_model())
     run(fp32, args.calib, args.calib_split, args.val, args.val_split, args.methods.split(","),
         args.calib_count, Path(args.out), command, args.note, synthetic)

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from fer_edge.runtime.labels import canonical_label
+from fer_edge.data.labels import canonical_label
 
 DEFAULT_EVAL_BATCH = 256
 

@@ -12,8 +12,8 @@ from typing import List, Optional
 import cv2
 import numpy as np
 
-from .detection import Detection, check_frame, to_gray
-from .errors import BackendUnavailableError, ModelLoadError
+from fer_edge.pipeline.detection import Detection, check_frame, to_gray
+from fer_edge.runtime.errors import BackendUnavailableError, ModelLoadError
 
 log = logging.getLogger("fer_edge.runtime")
 CASCADE = "haarcascade_frontalface_default.xml"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -17,8 +16,9 @@ import cv2
 
 from fer_edge.cli_support import new_parser, run_cli
 
-from .artifact_io import atomic_write_bytes
-from .errors import FerEdgeError
+from fer_edge.models.artifact_writer import atomic_write_bytes
+from fer_edge.export.reference import reference_model_path
+from fer_edge.runtime.errors import FerEdgeError
 
 VIDEO_SUFFIXES = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
@@ -61,31 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("FER_EDGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fer-edge")
-    return Path(base)
-
-
-def reference_model_path(log=print) -> Path:
-    """The bundled reference model as FP32 ONNX in the user cache, exported on first use."""
-    if not all(importlib.util.find_spec(m) for m in ("torch", "timm", "onnx")):
-        raise FerEdgeError("no --model given, and exporting the bundled reference model needs the [export] extra "
-                           "(torch, timm, onnx), which is not installed. Either pip install 'fer-edge[export]', or "
-                           "export once on another machine with `fer-export` and pass --model model.onnx.")
-    from fer_edge.export.checkpoint import REFERENCE_MODEL
-    from fer_edge.runtime.artifact_io import sha256_file
-    if not REFERENCE_MODEL.exists():
-        raise FerEdgeError(f"the bundled reference model {REFERENCE_MODEL} is missing; reinstall fer-edge or pass --model")
-    folder = cache_dir() / f"reference-{sha256_file(REFERENCE_MODEL)[:12]}"
-    found = sorted(folder.glob("*_fp32.onnx"))
-    if found:
-        return found[0]
-    from fer_edge.export.exporter import export_model
-    log(f"exporting the reference model to {folder} (first use only) ...")
-    return Path(export_model(checkpoint=None, out_dir=str(folder), log=log)["fp32"].path)
-
-
 def check_display() -> None:
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise FerEdgeError("--show needs a display, and none is set (no DISPLAY/WAYLAND_DISPLAY). Use --out to save "
@@ -101,7 +76,7 @@ class AnnotatedOutput:
     """Annotated frames to a video file (finalised on close) or to numbered images in a folder."""
 
     def __init__(self, path: str, fps: Optional[float], single_image: bool = False):
-        from .video_io import IMAGE_SUFFIXES
+        from fer_edge.pipeline.video_io import IMAGE_SUFFIXES
         self.path = Path(path)
         self.fourcc = VIDEO_SUFFIXES.get(self.path.suffix.lower())
         self.fps = fps or 10.0
@@ -175,16 +150,16 @@ class StopOnCtrlC:
 
 def run(args) -> int:
     from tqdm import tqdm
-    from .annotate import annotate
-    from .pipeline import FerPipeline
-    from .video_io import open_source
+    from fer_edge.pipeline.annotate import annotate
+    from fer_edge.pipeline.fer_pipeline import FerPipeline
+    from fer_edge.pipeline.video_io import open_source
 
     if args.show:
         check_display()
     model = args.model or reference_model_path(log=lambda m: print(m, file=sys.stderr))
     detector = None  # None: the pipeline falls back to Haar and says so once
     if args.detector:
-        from .detection import create_detector
+        from fer_edge.pipeline.detection import create_detector
         kwargs = {"input_size": args.detector_size} if args.detector_size else {}
         detector = create_detector(args.detector, score_threshold=args.score_threshold, threads=args.threads, **kwargs)
     pipeline = FerPipeline(model, detector=detector, threads=args.threads,

@@ -1,0 +1,1 @@
+"""Face data for the toolchain: dataset readers, label matching and the metrics that score predictions."""

@@ -1,0 +1,1 @@
+"""The TensorRT backend: engine loading, compatibility checks before deserialisation, CUDA buffers."""
