@@ -1,53 +1,48 @@
 """CPU-only engine builds with tensorrt-rtx: build time and engine size for FP32 / FP16 / INT8 Q/DQ ONNX.
 
 What CI (no GPU) can measure about the engine path. Weights are random (build time and size do not
-depend on them); the INT8 Q/DQ ONNX comes from ONNX Runtime quantize_static (symmetric, per-channel),
-calibrated on a few real FER-2013 faces only so that scales exist - its accuracy is meaningless.
+depend on them). The INT8 Q/DQ ONNX is made by fer-export --int8's own recipe (calibration/quantize.py,
+target "tensorrt", its default calibration method) without the accuracy gate, which random weights would fail;
+the scales come from a few real FER-2013 faces only so that they exist - its accuracy is meaningless.
 
     python -m fer_edge.benchmarks.engine_build_bench --sizes 48 112 --out benchmarks/results/engine_build_rtx_cpu
 """
 from __future__ import annotations
 
-import datetime as _dt
-import platform
-import subprocess
+import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from fer_edge.benchmarks.report import environment, environment_markdown
+from fer_edge.benchmarks.untrained_model import build_untrained, export_untrained
+from fer_edge.calibration import quantize
+from fer_edge.calibration.int8_export import DEFAULT_METHOD
 from fer_edge.cli_support import new_parser, run_cli
+from fer_edge.data.datasets import default_fer2013_publictest, load_faces
+from fer_edge.export import onnx_export
+from fer_edge.export.engine_build import BuildOptions, build_engine
+from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json, embed_contract
+from fer_edge.runtime.artifact_io import sidecar_path
+from fer_edge.runtime.errors import DataError
+from fer_edge.runtime.preprocess import prepare_batch
 
 
-def _qdq(fp32: Path, contract, out: Path, faces) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from fer_edge.models.artifact_writer import atomic_write_json
-    from fer_edge.runtime.artifact_io import sidecar_path
-    from fer_edge.runtime.preprocess import prepare_batch
-    batch = prepare_batch(list(faces), contract)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{contract.input_name: batch[i:i + 1]} for i in range(len(batch))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Conv", "Gemm"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+def int8_qdq(fp32: Path, contract, out: Path, faces) -> Path:
+    """The Q/DQ graph fer-export --int8 writes (same quantizer, target and method), minus the gate."""
+    fp32_bytes = fp32.read_bytes()
+    tensors = prepare_batch(list(faces), contract)
+    ranges = quantize.compute_ranges(fp32_bytes, contract.input_name, tensors, DEFAULT_METHOD)
+    atomic_write_bytes(out, quantize.quantize(fp32_bytes, ranges, DEFAULT_METHOD, target="tensorrt"))
     atomic_write_json(sidecar_path(out), {"contract": contract.with_precision("int8").to_dict()})
     return out
 
 
 def measure(sizes: List[int], work: Path, faces) -> List[Dict[str, object]]:
     import onnx
-    from fer_edge.benchmarks.untrained_model import build_untrained, export_untrained
-    from fer_edge.export import onnx_export
-    from fer_edge.export.engine_build import BuildOptions, build_engine
-    from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json, embed_contract
-    from fer_edge.runtime.artifact_io import sidecar_path
     rows = []
     for size in sizes:
         model, contract = build_untrained(size)
@@ -57,7 +52,7 @@ def measure(sizes: List[int], work: Path, faces) -> List[Dict[str, object]]:
         embed_contract(proto16, contract.with_precision("fp16"))
         sources["fp16"] = atomic_write_bytes(work / f"b0_{size}_fp16.onnx", proto16.SerializeToString())
         atomic_write_json(sidecar_path(sources["fp16"]), {"contract": contract.with_precision("fp16").to_dict()})
-        sources["int8"] = _qdq(sources["fp32"], contract, work / f"b0_{size}_int8.onnx", faces)
+        sources["int8"] = int8_qdq(sources["fp32"], contract, work / f"b0_{size}_int8.onnx", faces)
         for precision, onnx_path in sources.items():
             for batch in ((1, 1, 1), (1, 8, 32)):
                 start = time.perf_counter()
@@ -72,28 +67,24 @@ def measure(sizes: List[int], work: Path, faces) -> List[Dict[str, object]]:
     return rows
 
 
-def write_results(rows, out: Path, command: List[str]) -> None:
-    import onnxruntime
-    import tensorrt_rtx
-    from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model_name = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), "?")
-    import os
-    env = {"date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"), "cpu": model_name,
-           "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-           "tensorrt_rtx": tensorrt_rtx.__version__, "onnxruntime": onnxruntime.__version__, "gpu": "none"}
-    atomic_write_json(out.with_suffix(".json"), {"command": command, "environment": env, "rows": rows})
-    lines = ["# TensorRT-RTX engine builds on a CPU-only machine", "",
-             f"Command: `{' '.join(command)}`", "",
-             "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
+def results_markdown(rows, env: Dict[str, object]) -> str:
+    lines = ["# TensorRT-RTX engine builds on a CPU-only machine", "", environment_markdown(env), "",
              "Random-weight tf_efficientnetv2_b0 (1 channel, 7 classes). Build time and size only: no GPU, so no "
-             "latency, and the INT8 scales come from a handful of faces (accuracy meaningless). The machine is "
-             "shared (2 cores; a training job and other tests ran at the same time), so build times are noisy "
-             "upper bounds.", "",
-             "| size | precision | profile | build s | engine MB | ONNX MB | strongly typed |", "|---|---|---|---|---|---|---|"]
+             "latency. The INT8 ONNX is fer-export --int8's Q/DQ recipe (symmetric int8, per-channel weights, "
+             "Conv/Gemm/Add inputs, no Q/DQ between a Conv and its residual Add) with scales from 16 faces and no "
+             "accuracy gate (accuracy meaningless); it keeps float weights behind Q/DQ pairs, so its ONNX is a little "
+             "larger than the FP32 one. Build times on a shared 2-core machine are noisy upper bounds.",
+             "", "| size | precision | profile | build s | engine MB | ONNX MB | strongly typed |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['size_px']} | {r['precision']} | {r['profile']} | {r['build_s']} | {r['engine_mb']} | "
               f"{r['onnx_mb']} | {r['strongly_typed']} |" for r in rows]
-    atomic_write_bytes(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows, out: Path, command: str) -> None:
+    env = environment(command)
+    atomic_write_json(out.with_suffix(".json"), {"command": command, "environment": env, "rows": rows})
+    atomic_write_bytes(out.with_suffix(".md"), results_markdown(rows, env).encode())
 
 
 PROG = "python -m fer_edge.benchmarks.engine_build_bench"
@@ -109,8 +100,6 @@ def build_parser():
 
 def _main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
-    from fer_edge.data.datasets import default_fer2013_publictest, load_faces
-    from fer_edge.runtime.errors import DataError
     data = args.data or default_fer2013_publictest()
     if data is None:
         raise DataError("no faces for the INT8 scales (../shared/data/fer2013 is absent); pass --data with an .npz, "
@@ -118,7 +107,7 @@ def _main(argv: List[str]) -> int:
     faces = load_faces(data, limit=16).images
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure(args.sizes, Path(tmp), faces)
-    write_results(rows, Path(args.out), ["python", "-m", "fer_edge.benchmarks.engine_build_bench"] + argv)
+    write_results(rows, Path(args.out), f"{PROG} " + shlex.join(argv))
     print(f"wrote {args.out}.md and .json")
     return 0
 

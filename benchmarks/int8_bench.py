@@ -19,34 +19,33 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from fer_edge.benchmarks.latency import discard, run_interleaved, summarize
 from fer_edge.benchmarks.report import environment, environment_markdown
+from fer_edge.calibration.int8_export import Int8Options, export_int8
+from fer_edge.calibration.quantize import METHODS
+from fer_edge.calibration.synthesize import shipped_set_for_reference_model
 from fer_edge.cli_support import new_parser, run_cli
+from fer_edge.export.exporter import export_model
 from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
 from fer_edge.runtime.artifact_io import sidecar_contract
 from fer_edge.runtime.errors import FerEdgeError
-
-from fer_edge.calibration.int8_export import Int8Options, export_int8
-from fer_edge.calibration.quantize import METHODS
+from fer_edge.runtime.onnx_backend import ort_session
 
 
-def latency(models: Dict[str, bytes], channels: int, size: int, batches=(1, 32), threads: int = 2,
-            rounds: Dict[int, int] = None) -> List[Dict[str, object]]:
-    """p50/p90 ms per model and batch, interleaved round-robin (benchmarks/latency) so noise hits all alike.
+
+
+def measure_cpu_latency(models: Dict[str, bytes], channels: int, size: int, batches=(1, 32), threads: int = 2,
+                        rounds: Dict[int, int] = None) -> List[Dict[str, object]]:
+    """ONNX Runtime CPU median/p90 ms per model and batch, interleaved round-robin (benchmarks/latency) so noise
+    hits all alike.
 
     Each round runs a block of calls per model and drops the first calls of each block: with one call each,
     the previous session's spin-waiting threads would be timed against the next one (6.7 ms instead of 1.5 ms
     for FP32 at batch 1 on 2 cores).
     """
-    import onnxruntime as ort
-    from fer_edge.benchmarks.latency import discard, run_interleaved, summarize
     rounds = rounds or {1: 15, 32: 10}
     blocks = {1: (20, 3)}  # batch -> (calls per block, dropped first calls); larger batches: (4, 1)
-    sessions = {}
-    for name, payload in models.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        sessions[name] = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    sessions = {name: ort_session(payload, threads) for name, payload in models.items()}
     rows = []
     rng = np.random.default_rng(0)
     for batch in batches:
@@ -56,30 +55,26 @@ def latency(models: Dict[str, bytes], channels: int, size: int, batches=(1, 32),
         block, settle = blocks.get(batch, (4, 1))
         stats = {name: summarize(ms, batch) for name, ms in
                  run_interleaved(calls, warmup=5, iterations=rounds.get(batch, 10), block=block, settle=settle).items()}
-        base = stats[next(iter(stats))]["p50_ms"]
+        base = stats[next(iter(stats))]["median"]
         for name, stat in stats.items():
-            rows.append({"model": name, "batch": batch, "p50_ms": round(stat["p50_ms"], 3),
-                         "p90_ms": round(stat["p90_ms"], 3), "runs": stat["iterations"],
-                         "speed_vs_first": round(base / stat["p50_ms"], 3)})
+            rows.append({"model": name, "batch": batch, "p50_ms": round(stat["median"], 3),
+                         "p90_ms": round(stat["p90"], 3), "runs": stat["n"],
+                         "speed_vs_first": round(base / stat["median"], 3)})
     return rows
 
 
 def export_checkpoint(checkpoint: str, out_dir: Path, parity_data: str, parity_split: Optional[str]) -> Path:
     """FP32 artifact through fer-export's own path (parity-checked on 512 validation faces)."""
-    from fer_edge.export.exporter import export_model
     return export_model(checkpoint=checkpoint, out_dir=str(out_dir), parity_data=parity_data, parity_split=parity_split,
                         parity_count=512)["fp32"].path
 
 
 def run(fp32: Path, calib: str, calib_split: Optional[str], val: str, val_split: Optional[str], methods: List[str],
         count: int, out: Path, command: str, note: str = "", synthetic: Optional[str] = None) -> Dict[str, object]:
-    import onnx
     contract = sidecar_contract(fp32)
     if contract is None:
         raise FerEdgeError(f"{fp32}: no sidecar; pass an FP32 artifact written by fer-export")
-    env = environment(command)
-    env["onnx"] = onnx.__version__
-    results = {"env": env, "model": fp32.name,
+    results = {"env": environment(command), "model": fp32.name,
                "weights_sha256": contract.source_weights_sha256, "calibration_source": calib,
                "calibration_split": calib_split, "validation": val, "validation_split": val_split,
                "count": count, "note": note, "runs": []}
@@ -121,7 +116,7 @@ def run(fp32: Path, calib: str, calib_split: Optional[str], val: str, val_split:
     for name in artifacts:
         if name.startswith("int8-cpu-"):
             latency_models[name] = artifacts[name]
-    results["latency"] = latency(latency_models, contract.channels, contract.input_size)
+    results["latency"] = measure_cpu_latency(latency_models, contract.channels, contract.input_size)
     atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_bytes(out.with_suffix(".md"), render(results).encode())
     return results
@@ -134,7 +129,7 @@ def _pct(v):
 def render(r: Dict[str, object]) -> str:
     lines = [f"# INT8 calibration, accuracy gate and CPU latency: {r['model']}", "",
              *([r["note"], ""] if r.get("note") else []),
-             environment_markdown(r["env"]), f"- onnx {r['env']['onnx']}",
+             environment_markdown(r["env"]),
              f"- Weights sha256: `{r['weights_sha256']}`",
              f"- Calibration: {r['count']} faces from `{r['calibration_source']}`"
              + (f" [{r['calibration_split']}]" if r['calibration_split'] else "") + ", stratified by class, seed 0",
@@ -191,7 +186,6 @@ def _main(argv: List[str]) -> int:
         args.checkpoint, Path(tempfile.mkdtemp(prefix="fer-int8-fp32-")), args.val, args.val_split)
     synthetic = args.synthetic
     if synthetic == "shipped":
-        from fer_edge.calibration.synthesize import shipped_set_for_reference_model
         synthetic = str(shipped_set_for_reference_model())
     run(fp32, args.calib, args.calib_split, args.val, args.val_split, args.methods.split(","),
         args.calib_count, Path(args.out), command, args.note, synthetic)

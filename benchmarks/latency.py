@@ -1,17 +1,23 @@
-"""Latency statistics shared by every backend, and the interleaved timing loop fer-bench uses.
+"""The one latency summary of every fer-edge benchmark, and the interleaved timing loop fer-bench uses.
 
-`summarize(samples_ms, batch)` is backend-agnostic: the ONNX Runtime path, the TensorRT GPU-side
-stages and the pipeline benchmark all turn lists of per-call milliseconds into the same stats block,
-named like trtexec's report (min, max, mean, median = p50, percentile 90/95/99, throughput).
+`summarize(samples_ms, batch)` is backend-agnostic: the ONNX Runtime path, the TensorRT GPU-side stages
+(gpu_check), the pipeline, INT8 and runtime-overhead benchmarks all turn lists of per-call milliseconds into
+the same block, computed and named as trtexec reports it (TensorRT samples/common/sampleReporting.cpp):
+min, max, mean, median, percentiles 90/95/99 (all ms), cv_percent (population std / mean x 100; trtexec warns
+above 2.5 %), n (samples) and throughput_ips (images per second).
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-STAT_KEYS = ("mean_ms", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "throughput_ips", "iterations")
+SUMMARY_PERCENTILES = (90, 95, 99)
+# The keys of every summary, in report order (report.csv's statistic columns).
+SUMMARY_KEYS = ("min", "max", "mean", "median", *(f"p{p}" for p in SUMMARY_PERCENTILES), "cv_percent", "n",
+                "throughput_ips")
 MIN_ITERATIONS = 10  # trtexec's floor when a duration is given
 DEFAULT_FACE_SIZE = 48  # FER-2013 crops are 48x48
 
@@ -36,29 +42,31 @@ def median(sorted_ms: Sequence[float]) -> float:
     return float(sorted_ms[mid]) if n % 2 else float((sorted_ms[mid - 1] + sorted_ms[mid]) / 2.0)
 
 
-def summarize(samples_ms: Sequence[float], batch: int) -> Dict[str, float]:
-    """Per-call milliseconds for calls of `batch` images -> the stats block used in every report.
+def coefficient_of_variation(values: Sequence[float], mean: float) -> float:
+    """trtexec's CV in percent: population standard deviation / mean x 100."""
+    if mean <= 0:
+        return 0.0
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)) / mean * 100.0
+
+
+def summarize(samples_ms, batch: int = 1) -> Dict[str, float]:
+    """Per-call milliseconds for calls of `batch` images -> the summary every report uses (keys: SUMMARY_KEYS).
 
     throughput_ips = images per second over the summed call times (trtexec's qps x batch, for
     back-to-back synchronous calls).
     """
-    if len(samples_ms) == 0:
+    ordered = sorted(float(s) for s in samples_ms)
+    if not ordered:
         raise ValueError("summarize() needs at least one timing sample")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    ordered = sorted(float(s) for s in samples_ms)
-    total_ms = float(sum(ordered))
-    return {
-        "mean_ms": total_ms / len(ordered),
-        "min_ms": ordered[0],
-        "p50_ms": median(ordered),
-        "p90_ms": percentile(ordered, 90),
-        "p95_ms": percentile(ordered, 95),
-        "p99_ms": percentile(ordered, 99),
-        "max_ms": ordered[-1],
-        "throughput_ips": (batch * len(ordered) * 1000.0 / total_ms) if total_ms > 0 else float("inf"),
-        "iterations": len(ordered),
-    }
+    total_ms = sum(ordered)
+    mean = total_ms / len(ordered)
+    summary = {"min": ordered[0], "max": ordered[-1], "mean": mean, "median": median(ordered)}
+    summary.update({f"p{p}": percentile(ordered, p) for p in SUMMARY_PERCENTILES})
+    summary.update(cv_percent=coefficient_of_variation(ordered, mean), n=len(ordered),
+                   throughput_ips=(batch * len(ordered) * 1000.0 / total_ms) if total_ms > 0 else math.inf)
+    return summary
 
 
 def run_interleaved(calls: Dict[str, Callable[[], Optional[Dict[str, float]]]], warmup: int,
@@ -169,12 +177,12 @@ def measure_models(models: Sequence, faces: List[np.ndarray], batches: Sequence[
     Per batch size, each round runs, model after model, a block of end_to_end calls then a block of inference
     calls (SETTLE_CALLS untimed, then up to BLOCK_CALLS timed). With `iterations`, each stage keeps exactly that
     many timings; with `duration_s`, rounds run until the batch size has used that many seconds in total.
-    Returns one dict per model: latency[str(batch)] = {"end_to_end": stats, "inference": stats, <stages>: stats}.
+    Returns one dict per model: latency[str(batch)] = {"end_to_end": summary, "inference": summary, <stages>: summary}.
 
     end_to_end: model.predict_proba on uint8 crops (preprocess + infer + softmax).
     inference: model.infer on an already prepared tensor. When the backend offers `timed_run(tensor)`
     (TensorRT: dict of stage -> ms for one call, e.g. GPU compute, H2D, D2H), it is called instead of
-    `infer` and each stage gets its own stats block; "inference" is then the stage of that name if the
+    `infer` and each stage gets its own summary; "inference" is then the stage of that name if the
     backend reports one, else the host wall time of the timed_run call.
     """
     block_calls = block_calls_for(iterations)
@@ -195,5 +203,5 @@ def measure_models(models: Sequence, faces: List[np.ndarray], batches: Sequence[
 def measure_model(model, faces: List[np.ndarray], batches: Sequence[int], warmup: int,
                   iterations: Optional[int] = None, duration_s: Optional[float] = None,
                   progress=None) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """measure_models for one model: latency[str(batch)] = {"end_to_end": stats, "inference": stats, ...}."""
+    """measure_models for one model: latency[str(batch)] = {"end_to_end": summary, "inference": summary, ...}."""
     return measure_models([model], faces, batches, warmup, iterations, duration_s, progress)[0]

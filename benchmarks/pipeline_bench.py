@@ -13,12 +13,9 @@ number of raw top-1 label changes against smoothed label changes.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import math
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,16 +24,27 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
+from fer_edge.benchmarks.latency import run_interleaved, summarize
+from fer_edge.benchmarks.report import environment, environment_markdown, load_average
 from fer_edge.cli_support import new_parser, run_cli
+from fer_edge.data.datasets import load_faces
+from fer_edge.export.reference import reference_model_path
+from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
+from fer_edge.pipeline.detection import to_bgr
+from fer_edge.pipeline.detectors import create_detector
+from fer_edge.pipeline.fer_pipeline import FerPipeline
+from fer_edge.pipeline.smoothing import count_flips
+from fer_edge.pipeline.video_io import open_source
+from fer_edge.runtime.artifact_io import sha256_file
 from fer_edge.runtime.errors import DataError, FerEdgeError
 
-STAGES = ("decode", "detect", "crop", "classify", "smooth")
+
 DEFAULT_FACES = "1,4,8"
 DEFAULT_FRAME = "640x480"
 DEFAULT_ITERATIONS = 100
 DEFAULT_WARMUP = 10
 CROP_SUFFIXES = (".npz", ".csv")
-TARGET_P50_MS = 10.0  # issue 6: 640x480, one face, YuNet 320 + reference FP32, 2-core CPU
+TARGET_P50_MS = 10.0  # the pipeline's latency goal: 640x480, one face, YuNet 320 + reference FP32, 2-core CPU
 
 
 def _add_once(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
@@ -92,7 +100,6 @@ def _parse_faces(text: str) -> List[int]:
 def face_patches(source: str, detector, limit: int = 16) -> List[np.ndarray]:
     """BGR face patches with some context around the face, cut from SOURCE."""
     if source.lower().endswith(CROP_SUFFIXES):
-        from fer_edge.data.datasets import load_faces
         faces = load_faces(source, limit=limit)
         # FER crops are tight: give them a replicated border so a detector sees a head, not only a face.
         patches = []
@@ -101,8 +108,6 @@ def face_patches(source: str, detector, limit: int = 16) -> List[np.ndarray]:
             pad = img.shape[0] // 3
             patches.append(cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE))
         return patches
-    from fer_edge.pipeline.detection import to_bgr
-    from fer_edge.pipeline.video_io import open_source
     patches = []
     with open_source(source, live=False) as frames:
         for i, frame in enumerate(frames):
@@ -162,7 +167,6 @@ def jitter_clip(patch: np.ndarray, frames: int, size, seed: int = 0):
 def measure_stages(pipeline, jpegs: Dict[str, bytes], warmup: int, iterations: Optional[int],
                    duration_s: Optional[float] = None, progress=None):
     """Per configuration: samples of every stage and of end-to-end (decode + pipeline), interleaved."""
-    from fer_edge.benchmarks.latency import run_interleaved
 
     def make_call(name, data):
         buffer = np.frombuffer(data, np.uint8)
@@ -185,7 +189,6 @@ def measure_stages(pipeline, jpegs: Dict[str, bytes], warmup: int, iterations: O
 
 
 def smoothing_flips(pipeline, patch: np.ndarray, frames: int, size) -> Dict:
-    from fer_edge.pipeline.smoothing import count_flips
     pipeline.reset()
     raw, smoothed, missing = [], [], 0
     for frame in jitter_clip(patch, frames, size):
@@ -212,27 +215,8 @@ def _command_line() -> str:
     return " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
-def environment() -> Dict:
-    import onnxruntime
-    cpu = ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-        cpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
-            "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_average_1m": round(os.getloadavg()[0], 2)}
-
-
 def run(args) -> int:
     from tqdm import tqdm
-    from fer_edge.benchmarks.latency import summarize
-    from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
-    from fer_edge.runtime.artifact_io import sha256_file
-    from fer_edge.pipeline.detection import create_detector
-    from fer_edge.pipeline.fer_pipeline import FerPipeline
 
     size = _parse_size(args.frame_size)
     counts = _parse_faces(args.faces_per_frame)
@@ -246,12 +230,11 @@ def run(args) -> int:
     if models:
         model_path = models[0]
     else:
-        from fer_edge.export.reference import reference_model_path
         model_path = str(reference_model_path(log=lambda m: print(m, file=sys.stderr)))
     detector = create_detector(args.detector, threads=args.threads)
     pipeline = FerPipeline(model_path, detector=detector, threads=args.threads)
     patches = face_patches(args.pipeline, detector)
-    env_before = environment()
+    load_at_start = load_average()
 
     frames = {f"{n}_faces": compose_frame(patches, n, size, seed=n) for n in counts}
     jpegs = {name: cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for name, f in frames.items()}
@@ -262,10 +245,10 @@ def run(args) -> int:
     for n in counts:
         name = f"{n}_faces"
         found = samples[f"{name}/faces"]
-        stats = {"end_to_end": summarize(samples[name], 1)}
-        stats.update({stage: summarize(samples[f"{name}/{stage}"], 1) for stage in STAGES})
+        stats = {"end_to_end": summarize(samples[name])}
+        stats.update({stage: summarize(samples[f"{name}/{stage}"]) for stage in ("decode", *pipeline.last_timings)})
         configs[name] = {"faces_composed": n, "faces_detected_min": int(min(found)), "faces_detected_max": int(max(found)),
-                         "fps_p50": 1000.0 / stats["end_to_end"]["p50_ms"], "stages": stats}
+                         "fps_p50": 1000.0 / stats["end_to_end"]["median"], "stages": stats}
     smoothing = None
     if args.smoothing_frames:
         smoothing = smoothing_flips(pipeline, patches[0], args.smoothing_frames, size)
@@ -273,7 +256,7 @@ def run(args) -> int:
     model = pipeline.model
     report = {
         "command": _command_line(),
-        "environment": {**env_before, "load_average_1m_end": round(os.getloadavg()[0], 2)},
+        "environment": {**environment(_command_line()), "load_average_at_start": load_at_start},
         "source": args.pipeline, "frame_size": list(size), "iterations": len(samples[f"{counts[0]}_faces"]),
         "warmup": args.warmup,
         "threads": args.threads, "note": args.note or "",
@@ -304,11 +287,7 @@ def _reduction_line(sm: Dict) -> str:
 def to_markdown(report: Dict) -> str:
     env, model = report["environment"], report["model"]
     lines = ["# Pipeline latency: decode -> detect -> crop -> classify -> smooth", "",
-             f"- command: `{report['command']}`",
-             f"- machine: {env['cpu']}, {env['cores']} cores; load average {env['load_average_1m']} at start, "
-             f"{env['load_average_1m_end']} at end (shared machine: other jobs were running)",
-             f"- date: {env['date_utc']}; python {env['python']}, numpy {env['numpy']}, opencv {env['opencv']}, "
-             f"onnxruntime {env['onnxruntime']}",
+             environment_markdown(env),
              f"- model: `{model['file']}` ({model['precision']}, {model['backend']}, {model['input'][0]}x"
              f"{model['input'][1]}px, weights sha256 {model['weights_sha256'][:12]})",
              f"- detector: `{report['detector']}`; threads: {report['threads'] or 'ONNX Runtime default'}",
@@ -322,20 +301,19 @@ def to_markdown(report: Dict) -> str:
     for name, cfg in report["configs"].items():
         found = f"{cfg['faces_composed']} ({cfg['faces_detected_min']}" + (
             f"-{cfg['faces_detected_max']})" if cfg["faces_detected_max"] != cfg["faces_detected_min"] else ")")
-        for stage in ("end_to_end",) + STAGES:
-            s = cfg["stages"][stage]
+        for stage, s in cfg["stages"].items():  # end_to_end first, then decode and the pipeline's stages
             label = f"**{stage}**" if stage == "end_to_end" else stage
-            lines.append(f"| {found} | {label} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['p99_ms']:.2f} | "
-                         f"{s['mean_ms']:.2f} | {s['min_ms']:.2f} |")
+            lines.append(f"| {found} | {label} | {s['median']:.2f} | {s['p90']:.2f} | {s['p99']:.2f} | "
+                         f"{s['mean']:.2f} | {s['min']:.2f} |")
     lines += ["", "| faces | end-to-end p50 ms | FPS at p50 |", "|---|---|---|"]
     for name, cfg in report["configs"].items():
-        lines.append(f"| {cfg['faces_composed']} | {cfg['stages']['end_to_end']['p50_ms']:.2f} | {cfg['fps_p50']:.1f} |")
+        lines.append(f"| {cfg['faces_composed']} | {cfg['stages']['end_to_end']['median']:.2f} | {cfg['fps_p50']:.1f} |")
     one = report["configs"].get("1_faces")
     if one:
-        p50 = one["stages"]["end_to_end"]["p50_ms"]
+        p50 = one["stages"]["end_to_end"]["median"]
         verdict = "within" if p50 <= TARGET_P50_MS else "over"
         lines += ["", f"One face: end-to-end p50 {p50:.2f} ms, {verdict} the {TARGET_P50_MS:.0f} ms target "
-                      f"(best round {one['stages']['end_to_end']['min_ms']:.2f} ms)."]
+                      f"(best round {one['stages']['end_to_end']['min']:.2f} ms)."]
     sm = report.get("smoothing")
     if sm:
         cfg = sm["smoothing"]

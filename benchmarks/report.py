@@ -12,27 +12,9 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from fer_edge.benchmarks.latency import SUMMARY_KEYS
 from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
-
-STAT_COLUMNS = ("mean_ms", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "throughput_ips", "iterations")
-
-
-def cpu_model() -> str:
-    """CPU model name as lscpu reports it (falls back to /proc/cpuinfo, then platform)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-        for line in out.splitlines():
-            if line.strip().startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from fer_edge.models.machine import cpu_model
 
 
 def gpu_description() -> str:
@@ -92,7 +74,7 @@ def busy_machine_warning(load_samples: Dict[str, Optional[Sequence[float]]], cor
 
 
 def ordering_warnings(models: Sequence[Dict]) -> List[str]:
-    """Impossible orderings: end_to_end includes inference and every backend stage, so none may have a higher p50."""
+    """Impossible orderings: end_to_end includes inference and every backend stage, so none may have a higher median."""
     notes = []
     for entry in models:
         for batch, stages in entry.get("latency", {}).items():
@@ -100,9 +82,9 @@ def ordering_warnings(models: Sequence[Dict]) -> List[str]:
             if e2e is None:
                 continue
             for stage, stats in stages.items():
-                if stage != "end_to_end" and stats["p50_ms"] > e2e["p50_ms"]:
-                    notes.append(f"{Path(entry['path']).name} batch {batch}: {stage} p50 {stats['p50_ms']:.2f} ms is "
-                                 f"above end_to_end p50 {e2e['p50_ms']:.2f} ms, which includes it: noise outweighs the "
+                if stage != "end_to_end" and stats["median"] > e2e["median"]:
+                    notes.append(f"{Path(entry['path']).name} batch {batch}: {stage} p50 {stats['median']:.2f} ms is "
+                                 f"above end_to_end p50 {e2e['median']:.2f} ms, which includes it: noise outweighs the "
                                  "difference; rerun on an idle machine or time longer (--duration, --iterations)")
     return notes
 
@@ -117,13 +99,25 @@ def warning_lines(warnings: Sequence[str]) -> str:
     return "\n".join(f"WARNING: {w}" for w in warnings)
 
 
+# Libraries whose versions every result header lists, in this order, when installed.
+VERSIONED_LIBRARIES = ("python", "numpy", "onnxruntime", "opencv", "onnx", "torch", "tensorrt", "tensorrt_rtx")
+# tensorrt-rtx installs under a CUDA-specific distribution name (tensorrt_rtx_cu12 on CUDA 12).
+TENSORRT_RTX_DISTRIBUTIONS = ("tensorrt-rtx", "tensorrt_rtx_cu12")
+
+
+def tensorrt_rtx_version() -> Optional[str]:
+    return next((v for v in map(package_version, TENSORRT_RTX_DISTRIBUTIONS) if v), None)
+
+
 def environment(command: str) -> Dict[str, object]:
+    """The one description of where a result was measured: command, machine, date, load and library versions."""
     import cv2
     import numpy
     import onnxruntime
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
            "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__,
-           "torch": package_version("torch"), "tensorrt": package_version("tensorrt"), "gpu": gpu_description(),
+           "onnx": package_version("onnx"), "torch": package_version("torch"), "tensorrt": package_version("tensorrt"),
+           "tensorrt_rtx": tensorrt_rtx_version(), "gpu": gpu_description(),
            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": command,
            "cores_available": available_cores()}
     load = load_average()
@@ -153,8 +147,8 @@ def markdown_table(models: Sequence[Dict], batches: Sequence[int]) -> str:
         for b in batches:
             lat = entry["latency"].get(str(b), {})
             e2e, inf = lat.get("end_to_end"), lat.get("inference")
-            row += [f"{e2e['p50_ms']:.2f} / {e2e['p99_ms']:.2f}" if e2e else "-",
-                    f"{inf['p50_ms']:.2f} / {inf['p99_ms']:.2f}" if inf else "-",
+            row += [f"{e2e['median']:.2f} / {e2e['p99']:.2f}" if e2e else "-",
+                    f"{inf['median']:.2f} / {inf['p99']:.2f}" if inf else "-",
                     f"{e2e['throughput_ips']:.0f}" if e2e else "-"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -165,7 +159,7 @@ def csv_text(models: Sequence[Dict], warnings: Sequence[str] = ()) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "precision", "backend", "size_mb", "top1", "macro_f1", "agreement_with_reference",
-                     "batch", "stage", *STAT_COLUMNS, "warnings"])
+                     "batch", "stage", *SUMMARY_KEYS, "warnings"])
     run_warnings = " | ".join(warnings)
     for entry in models:
         acc = entry.get("accuracy") or {}
@@ -173,7 +167,7 @@ def csv_text(models: Sequence[Dict], warnings: Sequence[str] = ()) -> str:
                  _fmt(acc.get("top1"), 6), _fmt(acc.get("macro_f1"), 6), _fmt(entry.get("agreement_with_reference"), 6)]
         for batch, stages in entry["latency"].items():
             for stage, stats in stages.items():
-                writer.writerow([*ident, batch, stage, *(_fmt(stats[k], 4) for k in STAT_COLUMNS), run_warnings])
+                writer.writerow([*ident, batch, stage, *(_fmt(stats[k], 4) for k in SUMMARY_KEYS), run_warnings])
     return buffer.getvalue()
 
 
@@ -187,9 +181,11 @@ def write_report(folder: os.PathLike, report: Dict) -> List[Path]:
 
 def environment_markdown(env: Dict[str, object]) -> str:
     """The header every committed result carries: command, machine, date and library versions."""
-    versions = ", ".join(f"{k} {env[k]}" for k in ("python", "numpy", "onnxruntime", "opencv", "torch") if env.get(k))
+    versions = ", ".join(f"{k} {env[k]}" for k in VERSIONED_LIBRARIES if env.get(k))
     lines = [f"- Command: `{env['command']}`", f"- Machine: {env['cpu']}, {env['cores']} cores, {env['os']}; GPU: {env['gpu']}",
              f"- Date (UTC): {env['date']}", f"- Versions: {versions}"]
+    if env.get("load_average_at_start"):
+        lines.append(f"- Load average at the start (1/5/15 min): {env['load_average_at_start']}")
     if env.get("load_average"):
         lines.append(f"- Load average at the end (1/5/15 min): {env['load_average']}")
     cores = env.get("cores_available") or env.get("cores")

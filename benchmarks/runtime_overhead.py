@@ -19,14 +19,18 @@ from typing import Dict, List
 import numpy as np
 from tqdm import tqdm
 
+from fer_edge.benchmarks.compare_torch_ort import parse_ints
+from fer_edge.benchmarks.latency import discard, latency_faces, run_interleaved, summarize
 from fer_edge.benchmarks.report import add_timing_arguments, environment, publish_result
+from fer_edge.benchmarks.untrained_model import build_untrained, export_untrained
 from fer_edge.cli_support import new_parser, run_cli
+from fer_edge.runtime.model import load
+
 
 TARGET_OVERHEAD_B1 = 0.10
 
 
 def measure(model, batches: List[int], warmup: int, iterations: int, progress: bool) -> List[Dict]:
-    from fer_edge.benchmarks.latency import discard, latency_faces, run_interleaved, summarize
     session, input_name, output_name = model.backend.session, model.backend.input_name, model.backend.output_name
     rows = []
     for batch in batches:
@@ -44,9 +48,9 @@ def measure(model, batches: List[int], warmup: int, iterations: int, progress: b
         # is steadier than a difference of two medians on a busy host.
         paired = float(np.median(np.asarray(samples["predict"]) - np.asarray(samples["bare_session_run"])))
         rows.append({"batch": batch, **stats, "paired_median_diff_ms": paired,
-                     "overhead_p50": full["p50_ms"] / bare["p50_ms"] - 1.0,
-                     "overhead_mean": full["mean_ms"] / bare["mean_ms"] - 1.0,
-                     "overhead_min": full["min_ms"] / bare["min_ms"] - 1.0})
+                     "overhead_p50": full["median"] / bare["median"] - 1.0,
+                     "overhead_mean": full["mean"] / bare["mean"] - 1.0,
+                     "overhead_min": full["min"] / bare["min"] - 1.0})
     return rows
 
 
@@ -56,8 +60,8 @@ def markdown(rows: List[Dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b, p, pre = r["bare_session_run"], r["predict"], r["preprocess_only"]
-        lines.append(f"| {r['batch']} | {b['p50_ms']:.3f} | {p['p50_ms']:.3f} | {pre['p50_ms']:.3f} | {b['min_ms']:.3f} | "
-                     f"{p['min_ms']:.3f} | {100 * r['overhead_p50']:+.1f}% | {100 * r['overhead_mean']:+.1f}% | "
+        lines.append(f"| {r['batch']} | {b['median']:.3f} | {p['median']:.3f} | {pre['median']:.3f} | {b['min']:.3f} | "
+                     f"{p['min']:.3f} | {100 * r['overhead_p50']:+.1f}% | {100 * r['overhead_mean']:+.1f}% | "
                      f"{100 * r['overhead_min']:+.1f}% | {r['paired_median_diff_ms'] * 1000:+.0f} us |")
     return "\n".join(lines)
 
@@ -70,7 +74,7 @@ def verdict(rows: List[Dict]) -> str:
     met = r["overhead_p50"] <= TARGET_OVERHEAD_B1
     return (f"Target predict() overhead <= {100 * TARGET_OVERHEAD_B1:.0f}% at batch 1 (p50): "
             f"{'MET' if met else 'NOT MET'} ({100 * r['overhead_p50']:+.1f}%; preprocessing alone "
-            f"{r['preprocess_only']['p50_ms'] * 1000:.0f} us p50).")
+            f"{r['preprocess_only']['median'] * 1000:.0f} us p50).")
 
 
 PROG = "python -m fer_edge.benchmarks.runtime_overhead"
@@ -85,15 +89,12 @@ def build_parser():
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    from fer_edge.benchmarks.compare_torch_ort import parse_ints
-    from fer_edge.runtime.model import load
 
     batches = parse_ints(args.batch)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             path, weights = Path(args.model), f"`{Path(args.model).name}`"
         else:
-            from fer_edge.benchmarks.untrained_model import build_untrained, export_untrained
             path = export_untrained(*build_untrained(48), Path(tmp) / "untrained_48.onnx")
             weights = "tf_efficientnetv2_b0, 1 channel, 7 classes, 48 px, **random weights**"
         model = load(path, threads=args.threads)

@@ -1,37 +1,20 @@
-"""Latency statistics computed exactly as trtexec reports them, so fer-bench numbers compare with trtexec's.
+"""trtexec's GPU-side stages, their throughput and advice, on top of the one latency summary (benchmarks/latency).
 
-Source of the formulas: TensorRT samples/common/sampleReporting.cpp (see docs/tensorrt.md). Percentile and
-median come from benchmarks/latency.py, shared with every other fer-bench report.
-  CV           -> population std / mean * 100 (trtexec warns above 2.5 %)
+Source of the formulas: TensorRT samples/common/sampleReporting.cpp (see docs/tensorrt.md).
 Stage names follow trtexec: h2d ("H2D Latency"), gpu_compute ("GPU Compute Time"), d2h ("D2H Latency"),
 host_latency ("Latency" = h2d + gpu_compute + d2h) and inference (host wall time per call).
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Mapping, Sequence
+from typing import Dict, List, Mapping
 
-from fer_edge.benchmarks.latency import median, percentile  # the one implementation of trtexec's percentile and median
+from fer_edge.benchmarks.latency import SUMMARY_PERCENTILES, summarize
 
-DEFAULT_PERCENTILES = (90, 95, 99)
-STAGES = ("h2d", "gpu_compute", "d2h", "host_latency", "inference")
+TRTEXEC_STAGES = ("h2d", "gpu_compute", "d2h", "host_latency", "inference")
 STAGE_TITLES = {"h2d": "H2D Latency", "gpu_compute": "GPU Compute Time", "d2h": "D2H Latency",
                 "host_latency": "Latency (H2D+compute+D2H)", "inference": "Wall time per call"}
-UNSTABLE_CV_PERCENT = 2.5
-
-
-def summarize(samples: Iterable[float], percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> Dict[str, float]:
-    values = sorted(float(v) for v in samples)
-    if not values:
-        raise ValueError("no timing samples to summarise")
-    n = len(values)
-    mean = sum(values) / n
-    variance = sum((v - mean) ** 2 for v in values) / n
-    out = {"n": n, "min": values[0], "max": values[-1], "mean": mean, "median": median(values),
-           "cv_percent": (math.sqrt(variance) / mean * 100.0) if mean > 0 else 0.0}
-    for p in percentiles:
-        out[f"p{p:g}"] = percentile(values, p)
-    return out
+UNSTABLE_CV_PERCENT = 2.5  # trtexec's threshold for "GPU compute time is unstable"
 
 
 def summarize_stages(runs: List[Mapping[str, float]]) -> Dict[str, Dict[str, float]]:
@@ -39,7 +22,7 @@ def summarize_stages(runs: List[Mapping[str, float]]) -> Dict[str, Dict[str, flo
     if not runs:
         raise ValueError("no timed runs to summarise")
     stages = [s for s in runs[0] if all(s in r for r in runs)]
-    return {stage: summarize(r[stage] for r in runs) for stage in stages}
+    return {stage: summarize([r[stage] for r in runs]) for stage in stages}
 
 
 def throughput_qps(queries: int, batch: int, total_walltime_ms: float) -> float:
@@ -66,10 +49,11 @@ def warnings_for(summary: Mapping[str, Mapping[str, float]]) -> List[str]:
     return notes
 
 
-def markdown_table(summary: Mapping[str, Mapping[str, float]], percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> str:
-    cols = ["min", "median", "mean"] + [f"p{p:g}" for p in percentiles] + ["max", "cv_percent"]
+def stages_markdown(summary: Mapping[str, Mapping[str, float]]) -> str:
+    """One row per trtexec stage present in `summary`: min, median, mean, percentiles, max and CV."""
+    cols = ["min", "median", "mean"] + [f"p{p}" for p in SUMMARY_PERCENTILES] + ["max", "cv_percent"]
     lines = ["| stage (ms) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for stage in STAGES:
+    for stage in TRTEXEC_STAGES:
         if stage in summary:
             row = summary[stage]
             lines.append(f"| {STAGE_TITLES[stage]} | " + " | ".join(f"{row[c]:.4f}" for c in cols) + " |")

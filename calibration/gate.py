@@ -10,9 +10,13 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from fer_edge.runtime.errors import FerEdgeError
-
 from fer_edge.calibration import sensitivity
+from fer_edge.calibration.quantize import keep_in_float
+from fer_edge.data.metrics import Comparison, compare_outputs
+from fer_edge.runtime.errors import FerEdgeError
+from fer_edge.runtime.onnx_backend import ort_session
+
+
 
 EVAL_BATCH = 64
 SENSITIVITY_SUBSET = 256
@@ -23,55 +27,45 @@ class GateFailed(FerEdgeError, RuntimeError):
 
 
 def onnx_logits(model_bytes: bytes, tensors: np.ndarray, input_name: str = "input", threads: Optional[int] = None) -> np.ndarray:
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    session = ort_session(model_bytes, threads)
     return np.concatenate([session.run(None, {input_name: tensors[i:i + EVAL_BATCH]})[0]
                            for i in range(0, len(tensors), EVAL_BATCH)])
 
 
-@dataclass
-class Comparison:
-    """INT8 vs FP32 on one validation set; top-1 values are fractions, drop is in points."""
-    agreement: float
-    fp32_top1: Optional[float]
-    int8_top1: Optional[float]
-
-    @property
-    def drop_points(self) -> Optional[float]:
-        return None if self.fp32_top1 is None else 100.0 * (self.fp32_top1 - self.int8_top1)
-
-    def line(self) -> str:
-        acc = "" if self.fp32_top1 is None else (
-            f"top-1 FP32 {100 * self.fp32_top1:.2f}% INT8 {100 * self.int8_top1:.2f}% (drop {self.drop_points:+.2f} pts), ")
-        return f"{acc}agreement {100 * self.agreement:.2f}%"
-
-    def as_dict(self) -> Dict[str, object]:
-        return {"agreement": round(self.agreement, 5), "fp32_top1": self.fp32_top1, "int8_top1": self.int8_top1,
-                "drop_points": None if self.drop_points is None else round(self.drop_points, 3)}
+def drop_points(result: Comparison) -> Optional[float]:
+    """FP32 top-1 minus INT8 top-1 in points (the unit of --max-drop); None for unlabelled faces."""
+    if result.reference_top1 is None:
+        return None
+    return 100.0 * (result.reference_top1 - result.candidate_top1)
 
 
-def compare(reference: np.ndarray, logits: np.ndarray, targets: Optional[np.ndarray]) -> Comparison:
-    agreement = float((reference.argmax(1) == logits.argmax(1)).mean())
-    if targets is None:
-        return Comparison(agreement, None, None)
-    return Comparison(agreement, float((reference.argmax(1) == targets).mean()),
-                      float((logits.argmax(1) == targets).mean()))
+def result_line(result: Comparison) -> str:
+    """'top-1 FP32 61.00% INT8 60.50% (drop +0.50 pts), agreement 97.10%' (no top-1 part when unlabelled)."""
+    drop = drop_points(result)
+    accuracy = "" if drop is None else (f"top-1 FP32 {100 * result.reference_top1:.2f}% "
+                                        f"INT8 {100 * result.candidate_top1:.2f}% (drop {drop:+.2f} pts), ")
+    return f"{accuracy}agreement {100 * result.top1_agreement:.2f}%"
+
+
+def result_record(result: Comparison) -> Dict[str, object]:
+    """The gate's fields in the INT8 sidecar ("before", "after", each step): agreement, fp32/int8 top-1, drop."""
+    drop = drop_points(result)
+    return {"agreement": round(result.top1_agreement, 5), "fp32_top1": result.reference_top1,
+            "int8_top1": result.candidate_top1, "drop_points": None if drop is None else round(drop, 3)}
 
 
 @dataclass
 class GateRule:
+    """The INT8 gate's rule, set by fer-export --max-drop, --min-agreement and --gate-on."""
     max_drop: float = 0.5          # points of top-1, labelled validation
     min_agreement: float = 0.99    # fraction, unlabelled validation (or always, with metric "agreement")
     metric: str = "auto"           # auto: drop when labelled, else agreement; agreement: always agreement
 
     def passes(self, result: Comparison) -> bool:
-        if result.drop_points is not None and self.metric == "auto":
-            return result.drop_points <= self.max_drop
-        return result.agreement >= self.min_agreement
+        drop = drop_points(result)
+        if drop is not None and self.metric == "auto":
+            return drop <= self.max_drop
+        return result.top1_agreement >= self.min_agreement
 
     def describe(self, labelled: bool) -> str:
         return (f"top-1 drop <= {self.max_drop} pts" if labelled and self.metric == "auto"
@@ -81,8 +75,8 @@ class GateRule:
 @dataclass
 class GateResult:
     model: bytes
-    before: Comparison
-    after: Comparison
+    before: Comparison     # reference = FP32, candidate = all-INT8
+    after: Comparison      # reference = FP32, candidate = the model that passed
     excluded_groups: List[str] = field(default_factory=list)
     excluded_nodes: List[str] = field(default_factory=list)
     sensitivity: List[sensitivity.GroupSensitivity] = field(default_factory=list)
@@ -98,14 +92,13 @@ def run_gate(quantize_excluding: Callable[[List[str]], bytes], fp32_bytes: bytes
     Screening uses quantize.keep_in_float on the all-INT8 model (fast); the artifact that passes is then
     made by a real quantize_static run with nodes_to_exclude and checked again.
     """
-    from fer_edge.calibration.quantize import keep_in_float
     start = time.perf_counter()
     labelled = targets is not None
     logits_of = lambda model: onnx_logits(model, tensors, input_name)  # noqa: E731
     reference = logits_of(fp32_bytes)
     full = quantize_excluding([])
-    before = compare(reference, logits_of(full), targets)
-    log(f"gate ({rule.describe(labelled)}) on {len(tensors)} validation faces: {before.line()}")
+    before = compare_outputs(reference, logits_of(full), targets)
+    log(f"gate ({rule.describe(labelled)}) on {len(tensors)} validation faces: {result_line(before)}")
     result = GateResult(full, before, before)
     if rule.passes(before):
         result.seconds = time.perf_counter() - start
@@ -130,10 +123,10 @@ def run_gate(quantize_excluding: Callable[[List[str]], bytes], fp32_bytes: bytes
     def passes_with(k: int) -> bool:
         if k not in checked:
             nodes = [n for g in order[:k] for n in groups[g]]
-            after = compare(reference, logits_of(keep_in_float(full, nodes)), targets)
-            result.steps.append({"kept_in_float": order[:k], **after.as_dict()})
+            after = compare_outputs(reference, logits_of(keep_in_float(full, nodes)), targets)
+            result.steps.append({"kept_in_float": order[:k], **result_record(after)})
             log(f"  {k} most sensitive block(s) in float ({', '.join(order[:k][-3:])}{'...' if k > 3 else ''}): "
-                f"{after.line()}")
+                f"{result_line(after)}")
             checked[k] = rule.passes(after)
         return checked[k]
 
@@ -149,18 +142,18 @@ def run_gate(quantize_excluding: Callable[[List[str]], bytes], fp32_bytes: bytes
     while k is not None and k <= limit:
         nodes = [n for g in order[:k] for n in groups[g]]
         model = quantize_excluding(nodes)
-        after = compare(reference, logits_of(model), targets)
+        after = compare_outputs(reference, logits_of(model), targets)
         if rule.passes(after):
             result.model, result.after = model, after
             result.excluded_groups, result.excluded_nodes = order[:k], nodes
             result.seconds = time.perf_counter() - start
             return result
-        log(f"  quantize_static with {k} block(s) in float: {after.line()}; trying one more")
+        log(f"  quantize_static with {k} block(s) in float: {result_line(after)}; trying one more")
         k += 1
     excluded = order[:limit]
-    best = max(result.steps, key=lambda s: s["agreement"]) if result.steps else before.as_dict()
+    best = max(result.steps, key=lambda s: s["agreement"]) if result.steps else result_record(before)
     raise GateFailed(
-        f"INT8 fails the accuracy gate ({rule.describe(labelled)}): all-INT8 {before.line()}; even with "
+        f"INT8 fails the accuracy gate ({rule.describe(labelled)}): all-INT8 {result_line(before)}; even with "
         f"{len(excluded)} of {len(groups)} blocks ({len(all_nodes)} layers) kept in float the best was {best}. "
         "Nothing was written. Try --calib-method entropy or percentile, more or more representative --calib "
         "images, a looser --max-drop, or ship the FP16/FP32 artifact instead.")

@@ -13,15 +13,18 @@ from typing import Callable, List, Optional, Union
 
 import numpy as np
 
+from fer_edge.calibration import gate, quantize, sources
+from fer_edge.calibration.cache import CalibrationCache, ranges_key, tensor_key
+from fer_edge.calibration.synthesize import SHIPPED_SET, shipped_set_for_reference_model
 from fer_edge.data.datasets import FaceSet
-from fer_edge.models.artifact_writer import remove_stale_temp_files
+from fer_edge.models.artifact_writer import (artifact_name, embed_contract, graph_summary, remove_stale_temp_files,
+                                             write_export_artifact)
 from fer_edge.runtime.artifact_io import sha256_file, sidecar_contract
 from fer_edge.runtime.contract import ModelContract
 from fer_edge.runtime.errors import ContractError, DataError
 from fer_edge.runtime.preprocess import prepare_batch
 
-from fer_edge.calibration import gate, quantize, sources
-from fer_edge.calibration.cache import CalibrationCache, ranges_key, tensor_key
+
 
 DEFAULT_METHOD = "percentile"
 PREPROCESS_CHUNK = 256
@@ -53,7 +56,6 @@ def resolve_calibration(options: Int8Options, reference_model: bool) -> str:
         return options.calib
     if reference_model:
         # The project may not ship FER-2013 faces; it ships images synthesised from the model itself.
-        from fer_edge.calibration.synthesize import shipped_set_for_reference_model
         return str(shipped_set_for_reference_model())
     raise DataError("--int8 needs --calib PATH for your checkpoint. " + sources.WHAT_CALIBRATION_IS)
 
@@ -86,7 +88,6 @@ def _read_role(path: str, role: str, flag: str, split: Optional[str], options: I
 def load_calibration(options: Int8Options, calib_source: str, contract: ModelContract,
                      log: Callable[[str], None] = print) -> CalibrationSet:
     """Read the calibration (and --val) faces and check there are enough readable ones for the sample and gate."""
-    from fer_edge.calibration.synthesize import SHIPPED_SET
     if Path(calib_source).resolve() == SHIPPED_SET:
         log(f"calibration: no --calib given, so the shipped synthetic set {SHIPPED_SET.name} is used: images "
             "synthesised from the reference model's own BatchNorm statistics (no faces). Real faces from your "
@@ -157,8 +158,6 @@ def export_int8(fp32_path: Path, options: Int8Options, calib_source: Union[str, 
     """Quantize a fer-export FP32 artifact; return the INT8 artifact path (written only if the gate passes).
 
     calib_source: a calibration source path, or the CalibrationSet that load_calibration read from one."""
-    from fer_edge.models.artifact_writer import artifact_name, write_export_artifact
-    from fer_edge.models.artifact_writer import embed_contract, graph_summary
     import onnx
 
     start = time.perf_counter()
@@ -208,7 +207,7 @@ def export_int8(fp32_path: Path, options: Int8Options, calib_source: Union[str, 
     gate_report = {"rule": rule.describe(val_faces.labelled), "max_drop": options.max_drop,
                    "min_agreement": options.min_agreement, "validation": val_faces.source,
                    "validation_count": len(val_faces), "held_apart_from_calibration": calibration.held_apart,
-                   "before": result.before.as_dict(), "after": result.after.as_dict(),
+                   "before": gate.result_record(result.before), "after": gate.result_record(result.after),
                    "kept_in_higher_precision": {"blocks": result.excluded_groups, "nodes": result.excluded_nodes},
                    "sensitivity": [r.as_dict() for r in result.sensitivity], "steps": result.steps,
                    "gate_seconds": round(result.seconds, 2), "total_seconds": round(total_s, 2)}
@@ -220,5 +219,6 @@ def export_int8(fp32_path: Path, options: Int8Options, calib_source: Union[str, 
     kept = ", ".join(result.excluded_groups) or "none"
     log(f"int8: method {options.calib_method}, {len(calib_faces)} calibration faces (hash {rkey.digest}); "
         f"kept in higher precision: {kept}")
-    log(f"int8: before gate {result.before.line()}; after gate {result.after.line()}; {total_s:.1f} s")
+    log(f"int8: before gate {gate.result_line(result.before)}; after gate {gate.result_line(result.after)}; "
+        f"{total_s:.1f} s")
     return path

@@ -1,15 +1,15 @@
 """FP32 ONNX + activation ranges -> INT8 Q/DQ ONNX via ONNX Runtime's quantize_static.
 
-Target "tensorrt": the option set of tensorrt_notes §2.3 (what ModelOpt passes to ORT): symmetric int8
+Target "tensorrt": the option set NVIDIA's TensorRT Model Optimizer (ModelOpt) passes to ORT: symmetric int8
 activations and weights (zero point 0), per-channel weight scales on axis 0, Q/DQ pairs on float weights,
 float bias, no output quantization, and only Conv/Gemm/Add inputs quantized so Conv+SiLU stays fusible.
 A post-pass removes the Q/DQ that ORT puts between a Conv and a residual Add, leaving it only on the
-skip input (notes §2.2), so TensorRT can fuse the Add into the conv epilogue.
+skip input, so TensorRT can fuse the Add into the conv epilogue.
 
 Target "cpu": uint8 asymmetric activations, which ORT's CPU kernels run as QLinearConv; not TensorRT-legal.
 
 Ranges are computed here rather than by quantize_static, because quantize_static silently runs Entropy
-with 128 bins (cpu_findings): we create the calibrator with 2048 bins and hand the ranges back as an
+with 128 bins whatever bin count is asked for: we create the calibrator with 2048 bins and hand the ranges back as an
 ORT calibration cache.
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ def compute_ranges(fp32_onnx: bytes, input_name: str, tensors: np.ndarray, metho
         raise FerEdgeError(f"--calib-method {method!r}: choose one of {METHODS}")
     options = {"symmetric": True}
     if method == "entropy":
-        options.update(num_bins=2048, num_quantized_bins=128)  # the cpu_findings workaround
+        options.update(num_bins=2048, num_quantized_bins=128)  # quantize_static itself would histogram with 128 bins
     elif method == "percentile":
         options.update(num_bins=2048, percentile=99.999)
     with tempfile.TemporaryDirectory(prefix="fer-calib-") as tmp:

@@ -13,6 +13,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from fer_edge.data.metrics import Comparison, compare_outputs
+
 _BLOCK = re.compile(r"^/blocks/blocks\.\d+/blocks\.\d+\.\d+")
 
 
@@ -34,27 +36,30 @@ def block_groups(nodes: Sequence[Tuple[str, str]]) -> "OrderedDict[str, List[str
 
 @dataclass
 class GroupSensitivity:
+    """One block quantized alone, compared with FP32 (reference = FP32 logits, candidate = this model's)."""
     group: str
     nodes: int
-    agreement: float       # top-1 agreement with FP32 when only this group is INT8
-    logit_mse: float       # mean squared logit error vs FP32 (the ranking key)
+    comparison: Comparison
+
+    @property
+    def logit_mse(self) -> float:
+        """The ranking key: mean squared logit error against FP32."""
+        return self.comparison.mean_squared_diff
 
     def as_dict(self) -> Dict[str, object]:
-        return {"group": self.group, "nodes": self.nodes, "agreement": round(self.agreement, 5),
+        return {"group": self.group, "nodes": self.nodes, "agreement": round(self.comparison.top1_agreement, 5),
                 "logit_mse": float(f"{self.logit_mse:.6g}")}
 
 
 def rank_groups(groups: "OrderedDict[str, List[str]]", quantize_excluding: Callable[[List[str]], bytes],
                 logits_of: Callable[[bytes], np.ndarray], reference: np.ndarray,
                 progress: Callable[[str], None] = lambda _g: None) -> List[GroupSensitivity]:
-    """Most sensitive group first."""
+    """Most sensitive group first (largest logit MSE; lower agreement breaks ties)."""
     all_nodes = [n for names in groups.values() for n in names]
     results = []
     for group, names in groups.items():
         progress(group)
         keep = set(names)
         logits = logits_of(quantize_excluding([n for n in all_nodes if n not in keep]))
-        results.append(GroupSensitivity(group, len(names),
-                                        float((logits.argmax(1) == reference.argmax(1)).mean()),
-                                        float(np.mean((logits - reference) ** 2))))
-    return sorted(results, key=lambda r: (-r.logit_mse, r.agreement))
+        results.append(GroupSensitivity(group, len(names), compare_outputs(reference, logits)))
+    return sorted(results, key=lambda r: (-r.logit_mse, r.comparison.top1_agreement))

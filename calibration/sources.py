@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from fer_edge.data.datasets import FaceSet, load_faces
 from fer_edge.runtime.contract import ModelContract
 from fer_edge.runtime.errors import DataError
+from fer_edge.calibration.video_faces import every_nth, open_video, sampled_frames, video_face_crops
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 DEFAULT_FRAME_STEP = 15
@@ -28,37 +29,8 @@ WHAT_CALIBRATION_IS = (
     "and y (labels).")
 
 
-def open_video(path: Path, step: int):
-    """(cv2.VideoCapture, number of frames `step` will sample or 0 if the container does not say)."""
-    import cv2
-    if step < 1:
-        raise DataError(f"--calib-frame-step {step}: must be 1 or more")
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise DataError(f"{path}: OpenCV cannot open this video (unsupported codec or not a video); "
-                        "convert it to .mp4 (H.264) or extract frames into an image folder")
-    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    return capture, (count + step - 1) // step if count > 0 else 0
-
-
-def sampled_frames(capture, step: int) -> Iterator[np.ndarray]:
-    """Frames 0, step, 2*step, ... of an open capture."""
-    index = 0
-    while True:
-        # grab() skips the colour conversion of frames that are not sampled.
-        if not capture.grab():
-            return
-        if index % step == 0:
-            ok, frame = capture.retrieve()
-            if not ok:
-                return
-            yield frame
-        index += 1
-
-
 def read_video_frames(path: Path, step: int = DEFAULT_FRAME_STEP, why: str = "") -> FaceSet:
     """Every `step`-th frame of a video, whole frame as the crop (no face detection)."""
-    from fer_edge.calibration.video_faces import every_nth
     capture, _ = open_video(path, step)
     try:
         frames = list(sampled_frames(capture, step))
@@ -88,7 +60,6 @@ def load_source(path: str, labels: Optional[Sequence[str]] = None, split: Option
                 raise DataError(f"{source}: face detection needs the model contract (its crop margin) to cut "
                                 "faces; pass contract=..., or detector='none' for whole frames")
             return read_video_frames(source, frame_step)
-        from fer_edge.calibration.video_faces import video_face_crops
         return video_face_crops(source, contract, frame_step, detector)
     return load_faces(source, labels=labels, split=split)
 

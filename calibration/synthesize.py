@@ -26,6 +26,12 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from fer_edge.cli_support import new_parser, run_cli
+from fer_edge.models.artifact_writer import atomic_write_bytes, check_output_folder
+from fer_edge.models.checkpoint import REFERENCE_MODEL
+from fer_edge.models.factory import prepare_model
+from fer_edge.runtime.artifact_io import sha256_file
+from fer_edge.runtime.errors import DataError
+
 
 SHIPPED_SET = Path(__file__).resolve().parent / "synthetic" / "reference_bn_synth.npz"
 REGENERATE = "python -m fer_edge.calibration.synthesize"
@@ -42,9 +48,6 @@ def shipped_set_for_reference_model() -> Path:
 
     A set synthesised from other weights would still calibrate, but silently less well: refuse it instead.
     """
-    from fer_edge.models.checkpoint import REFERENCE_MODEL
-    from fer_edge.runtime.artifact_io import sha256_file
-    from fer_edge.runtime.errors import DataError
     if not SHIPPED_SET.is_file():
         raise DataError(f"the shipped synthetic calibration set is missing ({SHIPPED_SET}); reinstall fer-edge, "
                         "or pass --calib PATH with a few hundred face crops")
@@ -190,9 +193,6 @@ def build_parser():
 def _main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     options = SynthesisOptions(**{f: getattr(args, f) for f in asdict(SynthesisOptions())})
-    from fer_edge.models.artifact_writer import check_output_folder
-    from fer_edge.models.factory import prepare_model
-    from fer_edge.models.artifact_writer import atomic_write_bytes
     check_output_folder(Path(args.out).parent, "--out")  # before minutes of synthesis, not after
     prepared = prepare_model(checkpoint=args.checkpoint)
     contract = prepared.contract

@@ -7,16 +7,47 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Iterator, List, Optional, Union
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
 from fer_edge.data.datasets import FaceSet
+from fer_edge.pipeline.detectors import create_detector
 from fer_edge.runtime.contract import ModelContract
 from fer_edge.runtime.errors import DataError
+from fer_edge.runtime.preprocess import crop_face
 
 # Same as FerPipeline's default min_face: the runtime ignores smaller boxes, so calibration should too.
 MIN_FACE = 12
+
+
+def open_video(path: Path, step: int):
+    """(cv2.VideoCapture, number of frames `step` will sample or 0 if the container does not say)."""
+    if step < 1:
+        raise DataError(f"--calib-frame-step {step}: must be 1 or more")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise DataError(f"{path}: OpenCV cannot open this video (unsupported codec or not a video); "
+                        "convert it to .mp4 (H.264) or extract frames into an image folder")
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    return capture, (count + step - 1) // step if count > 0 else 0
+
+
+def sampled_frames(capture, step: int) -> Iterator[np.ndarray]:
+    """Frames 0, step, 2*step, ... of an open capture."""
+    index = 0
+    while True:
+        # grab() skips the colour conversion of frames that are not sampled.
+        if not capture.grab():
+            return
+        if index % step == 0:
+            ok, frame = capture.retrieve()
+            if not ok:
+                return
+            yield frame
+        index += 1
 
 
 def every_nth(step: int) -> str:
@@ -59,12 +90,6 @@ def video_face_crops(path: Union[str, Path], contract: ModelContract, step: int,
     face it finds, so several people in view are production input too. Frames with no face are skipped
     and counted in the returned FaceSet's `source`. progress: tqdm bar (None = only on a terminal).
     """
-    from tqdm import tqdm
-
-    from fer_edge.calibration.sources import open_video, sampled_frames
-    from fer_edge.pipeline.detection import create_detector
-    from fer_edge.runtime.preprocess import crop_face
-
     path = Path(path)
     if detector is None or isinstance(detector, (str, os.PathLike)):
         detector = create_detector(detector)

@@ -9,8 +9,18 @@ from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
+from fer_edge.benchmarks.latency import (BLOCK_CALLS, DEFAULT_FACE_SIZE, SETTLE_CALLS, latency_faces,
+                                         measure_models, timed_rounds)
+from fer_edge.benchmarks.plots import write_confusion_png
+from fer_edge.benchmarks.report import (available_cores, environment, load_average, markdown_table, timing_warnings,
+                                        warning_lines, write_report)
 from fer_edge.cli_support import new_parser, run_cli
+from fer_edge.data.datasets import UNKNOWN_CLASS_POLICIES, dropped_summary, load_faces
+from fer_edge.data.labels import parse_label_map
+from fer_edge.data.metrics import agreement, classification_metrics, predict_all
 from fer_edge.runtime.errors import BackendUnavailableError, FerEdgeError
+from fer_edge.runtime.model import load
+
 
 DEFAULT_BATCHES = "1,32"
 DEFAULT_WARMUP = 10
@@ -49,7 +59,6 @@ def _pipeline_module():
 
 
 def build_parser(pipeline=None) -> argparse.ArgumentParser:
-    from fer_edge.data.datasets import UNKNOWN_CLASS_POLICIES
     parser = new_parser("fer-bench", description=__doc__, epilog=EXAMPLES)
     models = parser.add_argument_group("models (order: MODEL arguments, then --model, then --engine; the first is the reference)")
     models.add_argument("models", nargs="*", metavar="MODEL", help=".onnx or TensorRT .engine/.plan artifacts")
@@ -118,7 +127,6 @@ def _check_args(args) -> List[str]:
 
 
 def parse_label_map_option(text: Optional[str]) -> Optional[Dict[str, str]]:
-    from fer_edge.data.labels import parse_label_map
     if text is None:
         return None
     try:
@@ -136,7 +144,6 @@ def _model_entry(model, bench_settings: Dict) -> Dict:
 
 def _data_notes(faces) -> List[str]:
     """What reading --data left out or renamed, for the printed output."""
-    from fer_edge.data.datasets import dropped_summary
     notes = []
     if faces.dropped:
         notes.append(f"{faces.source}: {dropped_summary(faces.dropped)} (--unknown-classes drop)")
@@ -147,8 +154,6 @@ def _data_notes(faces) -> List[str]:
 
 
 def _accuracy_entry(faces, predictions, model, position: int, report_dir: Optional[Path]) -> Dict:
-    from fer_edge.data.metrics import classification_metrics
-    from fer_edge.benchmarks.plots import write_confusion_png
     metrics = classification_metrics(faces.targets, predictions, model.labels)
     metrics.update(data=faces.source, dropped_faces=sum(faces.dropped.values()), dropped_classes=dict(faces.dropped),
                    mapped_classes=dict(faces.mapped), confusion_png=None)
@@ -163,8 +168,6 @@ def _accuracy_entry(faces, predictions, model, position: int, report_dir: Option
 def _evaluate(models, entries, args, label_map: Optional[Dict[str, str]], report_dir: Optional[Path],
               progress: bool) -> Optional[object]:
     """Accuracy of every model on --data; returns the faces (reused as latency crops)."""
-    from fer_edge.data.metrics import agreement, predict_all
-    from fer_edge.data.datasets import load_faces
     cache, reference = {}, None
     for position, (model, entry) in enumerate(zip(models, entries)):
         key = tuple(model.labels)
@@ -186,7 +189,6 @@ def _evaluate(models, entries, args, label_map: Optional[Dict[str, str]], report
 
 
 def _load(path: str, threads: Optional[int]):
-    from fer_edge.runtime.model import load
     try:
         return load(path, threads=threads)
     except ModuleNotFoundError as exc:
@@ -204,8 +206,6 @@ def _load_lines(load_samples: Dict[str, Optional[List[float]]], cores: int) -> s
 
 def _time_models(models, entries, crops, batches, args, iterations, progress) -> Dict[str, Optional[List[float]]]:
     """Time all models round-robin; returns the load averages sampled just before and just after."""
-    from fer_edge.benchmarks.latency import measure_models, timed_rounds
-    from fer_edge.benchmarks.report import load_average
     rounds = timed_rounds(iterations)
     before = load_average()
     with tqdm(total=len(batches) * rounds if rounds else None, desc=f"latency ({len(models)} models, round-robin)",
@@ -218,9 +218,6 @@ def _time_models(models, entries, crops, batches, args, iterations, progress) ->
 
 
 def run(args, argv: List[str]) -> int:
-    from fer_edge.benchmarks.latency import BLOCK_CALLS, DEFAULT_FACE_SIZE, SETTLE_CALLS, latency_faces
-    from fer_edge.benchmarks.report import (available_cores, environment, markdown_table, timing_warnings,
-                                            warning_lines, write_report)
 
     paths = _check_args(args)
     batches = parse_batches(args.batch)

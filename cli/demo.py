@@ -15,12 +15,18 @@ from typing import Optional
 import cv2
 
 from fer_edge.cli_support import new_parser, run_cli
-
-from fer_edge.models.artifact_writer import atomic_write_bytes
 from fer_edge.export.reference import reference_model_path
+from fer_edge.models.artifact_writer import atomic_write_bytes
+from fer_edge.pipeline.annotate import annotate
+from fer_edge.pipeline.detectors import create_detector
+from fer_edge.pipeline.fer_pipeline import FerPipeline
+from fer_edge.pipeline.video_io import IMAGE_SUFFIXES, open_source
 from fer_edge.runtime.errors import FerEdgeError
 
-VIDEO_SUFFIXES = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+# Output suffix -> the fourcc cv2.VideoWriter writes it with.
+VIDEO_WRITER_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 EPILOG = """examples:
   fer-demo clip.mp4 --detector face_detection_yunet_2023mar.onnx --out annotated.mp4 --jsonl faces.jsonl
@@ -76,22 +82,21 @@ class AnnotatedOutput:
     """Annotated frames to a video file (finalised on close) or to numbered images in a folder."""
 
     def __init__(self, path: str, fps: Optional[float], single_image: bool = False):
-        from fer_edge.pipeline.video_io import IMAGE_SUFFIXES
         self.path = Path(path)
-        self.fourcc = VIDEO_SUFFIXES.get(self.path.suffix.lower())
+        self.fourcc = VIDEO_WRITER_CODECS.get(self.path.suffix.lower())
         self.fps = fps or 10.0
         self.writer = None
         self.image_file = self.path.suffix.lower() in IMAGE_SUFFIXES
         if self.image_file:
             if not single_image:
                 raise FerEdgeError(f"--out {path} is an image file, but SOURCE is not a single image; give a video "
-                                   f"file ({'/'.join(VIDEO_SUFFIXES)}) or a folder name")
+                                   f"file ({'/'.join(VIDEO_WRITER_CODECS)}) or a folder name")
             if not self.path.parent.exists():
                 raise FerEdgeError(f"--out {path}: folder {self.path.parent} does not exist")
         elif self.fourcc is None:
             if self.path.suffix and not self.path.is_dir():
                 raise FerEdgeError(f"--out {path}: unknown video type {self.path.suffix!r}; use "
-                                   f"{'/'.join(VIDEO_SUFFIXES)} for a video, or a folder name for images")
+                                   f"{'/'.join(VIDEO_WRITER_CODECS)} for a video, or a folder name for images")
             self.path.mkdir(parents=True, exist_ok=True)
         elif not self.path.parent.exists():
             raise FerEdgeError(f"--out {path}: folder {self.path.parent} does not exist")
@@ -150,16 +155,12 @@ class StopOnCtrlC:
 
 def run(args) -> int:
     from tqdm import tqdm
-    from fer_edge.pipeline.annotate import annotate
-    from fer_edge.pipeline.fer_pipeline import FerPipeline
-    from fer_edge.pipeline.video_io import open_source
 
     if args.show:
         check_display()
     model = args.model or reference_model_path(log=lambda m: print(m, file=sys.stderr))
     detector = None  # None: the pipeline falls back to Haar and says so once
     if args.detector:
-        from fer_edge.pipeline.detection import create_detector
         kwargs = {"input_size": args.detector_size} if args.detector_size else {}
         detector = create_detector(args.detector, score_threshold=args.score_threshold, threads=args.threads, **kwargs)
     pipeline = FerPipeline(model, detector=detector, threads=args.threads,

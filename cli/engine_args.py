@@ -5,7 +5,9 @@ import argparse
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from fer_edge.runtime.tensorrt.engine_compat import HARDWARE_COMPAT_LEVELS
+from fer_edge.export.engine_build import (HARDWARE_COMPAT_LEVELS, PRESETS, build_engine, import_builder,
+                                          options_with_preset, parse_batch)
+
 
 ENGINE_EXAMPLES = """engine examples (TensorRT >= 10 or tensorrt-rtx; run on the target GPU/Jetson):
   fer-export --engine --fp16                                # export + FP16 engine, dynamic batch 1:8:32
@@ -15,7 +17,6 @@ ENGINE_EXAMPLES = """engine examples (TensorRT >= 10 or tensorrt-rtx; run on the
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    from fer_edge.export.engine_build import PRESETS
     group = parser.add_argument_group(
         "TensorRT engine", "build a serialized engine (strongly typed: the ONNX's own FP32/FP16/INT8 Q/DQ precision)")
     group.add_argument("--engine", action="store_true",
@@ -39,7 +40,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_options(args: argparse.Namespace):
-    from fer_edge.export.engine_build import options_with_preset, parse_batch
     return options_with_preset(
         args.preset, batch=parse_batch(args.batch) if args.batch else None, workspace_mb=args.workspace,
         opt_level=args.opt_level, hardware_compat=args.hardware_compat, dla_core=args.dla,
@@ -61,13 +61,11 @@ def check_engine_args(args: argparse.Namespace) -> None:
     if not args.engine:
         return
     engine_options(args)
-    from fer_edge.runtime.tensorrt.trt_import import import_builder
     import_builder(args.trt)
 
 
 def build_engines(args: argparse.Namespace, paths: Dict[str, Path],
                   log: Callable[[str], None] = print) -> List[Path]:
-    from fer_edge.export.engine_build import build_engine
     options = engine_options(args)
     built = []
     for onnx_path in engine_sources(args, paths):

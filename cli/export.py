@@ -5,9 +5,14 @@ import argparse
 import sys
 from typing import List, Optional
 
+from fer_edge.cli.engine_args import ENGINE_EXAMPLES, add_engine_arguments, build_engines, check_engine_args
+from fer_edge.cli.int8_args import INT8_EXAMPLES, add_int8_arguments, check_int8_args, read_int8_calibration, run_int8
 from fer_edge.cli_support import EXIT_OK, new_parser, run_cli
-from fer_edge.runtime.contract import INTERPOLATIONS
 from fer_edge.data.labels import parse_labels
+from fer_edge.export.exporter import check_export_inputs, export_checked
+from fer_edge.models.artifact_writer import check_output_folder
+from fer_edge.runtime.contract import INTERPOLATIONS
+
 
 EXAMPLES = """examples:
   fer-export                                   # bundled reference model -> ./fer-artifacts/*_fp32.onnx
@@ -59,18 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: FER-2013 PublicTest from ../shared when present)")
     check.add_argument("--parity-split", metavar="SPLIT", help="split of a csv/npz, e.g. PublicTest")
     check.add_argument("--parity-count", type=int, metavar="N", help="check on N random images of the set (default all)")
-    from fer_edge.cli.int8_args import INT8_EXAMPLES, add_int8_arguments
     add_int8_arguments(parser)
     parser.epilog += "\n" + INT8_EXAMPLES
-    from fer_edge.cli.engine_args import ENGINE_EXAMPLES, add_engine_arguments
     add_engine_arguments(parser)
     parser.epilog += "\n" + ENGINE_EXAMPLES
     return parser
 
 
 def _engine_from_onnx(args: argparse.Namespace) -> int:
-    from fer_edge.cli.engine_args import build_engines
-    from fer_edge.models.artifact_writer import check_output_folder
     check_output_folder(args.out)
     for path in build_engines(args, {}):
         print(f"wrote {path}")
@@ -79,9 +80,6 @@ def _engine_from_onnx(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace, command: List[str]) -> int:
     """Every check first (arguments, output folder, checkpoint, data, calibration faces), then the long work."""
-    from fer_edge.cli.int8_args import check_int8_args, read_int8_calibration, run_int8
-    from fer_edge.cli.engine_args import build_engines, check_engine_args
-    from fer_edge.export.exporter import check_export_inputs, export_checked
     calib_source = check_int8_args(args)
     check_engine_args(args)
     inputs = check_export_inputs(

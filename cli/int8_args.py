@@ -5,12 +5,14 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from fer_edge.runtime.contract import ModelContract
-
-from fer_edge.calibration.int8_export import (DEFAULT_METHOD, CalibrationSet, Int8Options, export_int8, load_calibration,
-                          resolve_calibration)
+from fer_edge.calibration.int8_export import (CalibrationSet, DEFAULT_METHOD, Int8Options, export_int8,
+                                              load_calibration, resolve_calibration)
 from fer_edge.calibration.quantize import METHODS, TARGETS
 from fer_edge.calibration.sources import DEFAULT_FRAME_STEP
+from fer_edge.models.artifact_writer import check_output_folder
+from fer_edge.runtime.contract import ModelContract
+
+
 
 INT8_EXAMPLES = """int8 examples:
   fer-export --int8                                  # bundled model, shipped synthetic calibration set
@@ -94,7 +96,6 @@ def check_int8_args(args: argparse.Namespace) -> Optional[str]:
     if not args.int8:
         return None
     if args.calib_cache:
-        from fer_edge.models.artifact_writer import check_output_folder
         check_output_folder(args.calib_cache, "--calib-cache")
     return resolve_calibration(options_from_args(args), reference_model=args.checkpoint is None)
 

@@ -13,6 +13,7 @@ from fer_edge.cli_support import new_parser, run_cli
 from fer_edge.models.checkpoint import load_checkpoint
 from fer_edge.runtime.errors import FerEdgeError
 # training.train imports torch only inside its functions, so _passive_omp below still runs before torch loads.
+
 from fer_edge.training import train as T
 
 TRAIN_DOC = """Train timm tf_efficientnetv2_b0 from scratch on FER-2013 and ship the reference model.
@@ -126,7 +127,7 @@ def _run_sub(sub: str, argv: List[str]) -> int:
         cm, s, _ = T.eval_publictest(model, meta, a.data_dir)
         print(json.dumps(s))
         if a.report_prefix:
-            T.write_report(cm, meta, a.report_prefix, f"{meta['arch']} {meta['img_size']}px ({Path(a.weights).name})")
+            T.write_publictest_report(cm, meta, a.report_prefix, f"{meta['arch']} {meta['img_size']}px ({Path(a.weights).name})")
     else:
         T.speed(a.sizes, a.batch, a.steps, a.threads, out_csv=a.out_csv)
     return 0

@@ -1,1 +1,2 @@
-"""Face data for the toolchain: dataset readers, label matching and the metrics that score predictions."""
+"""Face data for the toolchain: dataset readers, label matching, the metrics that score and compare predictions,
+and where the shared datasets live (`paths.shared_data_dir`)."""

@@ -3,7 +3,8 @@
 One entry point, `load_faces(path, ...)`, used by fer-bench --data, fer-export --parity-data and
 calibration. Images stay uint8 crops (gray or BGR); the model's contract turns them into tensors.
 Every reader hands its label codes to `checked_label_codes` (the one range check), and `load_faces` maps
-them to the model's labels through `fer_edge.data.labels.match_labels` (the one name matcher).
+them to the model's labels through `fer_edge.data.labels.match_labels` (the one name matcher). Image files
+are read by `fer_edge.pipeline.video_io.read_image`, fer-demo's reader, so a file gives the same pixels in both.
 """
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-import cv2
 import numpy as np
 
+from fer_edge.pipeline.video_io import IMAGE_SUFFIXES, read_image
 from fer_edge.runtime.errors import DataError
 from fer_edge.data.labels import FER2013_LABELS, canonical_label, match_labels
+from fer_edge.data.paths import fer2013_dir
 
 UNKNOWN_CLASS_POLICIES = ("error", "drop")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 FER2013_SPLITS = ("Training", "PublicTest", "PrivateTest")
 
 
@@ -178,17 +179,6 @@ def _image_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise DataError(f"{path}: not a readable image (corrupt, or not an image despite its name); remove it")
-    if image.dtype == np.uint16:  # 16-bit PNGs: keep the top 8 bits
-        image = (image >> 8).astype(np.uint8)
-    if image.dtype != np.uint8:
-        raise DataError(f"{path}: pixel type {image.dtype} is not supported; save as 8-bit")
-    return image
-
-
 def _read_folder(path: Path) -> FaceSet:
     subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs:
@@ -259,11 +249,6 @@ def _read_source(path: Path, split: Optional[str]) -> FaceSet:
 
 
 def default_fer2013_publictest() -> Optional[Path]:
-    """../shared/data/fer2013/fer2013_publictest.npz next to the project, when present."""
-    candidates = [Path(os.environ["FER_EDGE_SHARED"]) if os.environ.get("FER_EDGE_SHARED") else None,
-                  Path(__file__).resolve().parents[1].parent / "shared", Path.cwd().parent / "shared"]
-    for root in filter(None, candidates):
-        npz = root / "data" / "fer2013" / "fer2013_publictest.npz"
-        if npz.exists():
-            return npz
-    return None
+    """FER-2013 PublicTest (fer2013_publictest.npz) from the shared folder, or None when it is absent."""
+    npz = fer2013_dir() / "fer2013_publictest.npz"
+    return npz if npz.is_file() else None

@@ -22,13 +22,43 @@ import fer_edge
 from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json, remove_stale_temp_files, write_artifact
 from fer_edge.runtime.artifact_io import read_sidecar, sha256_file, sidecar_path
 from fer_edge.runtime.contract import METADATA_KEY, ModelContract
-from fer_edge.runtime.tensorrt.engine_compat import HARDWARE_COMPAT_LEVELS
-from fer_edge.runtime.errors import ContractError, FerEdgeError, ModelLoadError
-from fer_edge.runtime.tensorrt.trt_import import TrtFlavour, import_builder, make_logger
+from fer_edge.runtime.errors import BackendUnavailableError, ContractError, FerEdgeError, ModelLoadError
+from fer_edge.runtime.tensorrt.cuda_buffers import load_cuda_api
+from fer_edge.runtime.tensorrt.trt_import import (INSTALL_HINTS, TrtFlavour, import_first, import_flavour, make_logger,
+                                                  parse_version)
+
+BUILD_ORDER = ("tensorrt", "tensorrt_rtx")              # tensorrt_lean has no Builder
+HARDWARE_COMPAT_LEVELS = ("none", "ampere+", "same-cc")
 
 
 class EngineBuildError(FerEdgeError, RuntimeError):
     """TensorRT could not parse or build the model; nothing was written."""
+
+
+# ------------------------------------------------------------------ what the installed TensorRT can build
+def import_builder(flavour: str = "auto") -> TrtFlavour:
+    """A flavour that can build engines: `tensorrt`, else `tensorrt_rtx` (which builds without a GPU)."""
+    chosen = import_first(BUILD_ORDER, "building engines") if flavour in (None, "auto") else import_flavour(flavour)
+    if not (hasattr(chosen.module, "Builder") and hasattr(chosen.module, "OnnxParser")):
+        raise BackendUnavailableError(f"{chosen.describe()} has no Builder/OnnxParser (a runtime-only package); "
+                                      f"install {INSTALL_HINTS['tensorrt']}")
+    return chosen
+
+
+def supports_strong_typing(flavour: TrtFlavour) -> bool:
+    """STRONGLY_TYPED exists from TensorRT 9.1 and in every TensorRT-RTX."""
+    return flavour.name == "tensorrt_rtx" or parse_version(flavour.version)[:2] >= (9, 1)
+
+
+def has_precision_flags(flavour: TrtFlavour) -> bool:
+    """BuilderFlag.FP16/INT8 (weak typing) exist up to TensorRT 10.x; removed in 11 and absent in RTX."""
+    flags = getattr(flavour.module, "BuilderFlag", None)
+    return flags is not None and hasattr(flags, "FP16") and hasattr(flags, "INT8")
+
+
+def local_gpu() -> Dict[str, Optional[str]]:
+    """Name, compute capability and driver of GPU 0, or BackendUnavailableError when there is none."""
+    return load_cuda_api("cuda-python").gpu_identity()
 
 
 PRESETS: Dict[str, Dict[str, object]] = {
@@ -217,8 +247,7 @@ def build_target(flavour: TrtFlavour, config) -> Dict[str, object]:
         # SM86 -> "8.6"; an empty list means TensorRT-RTX's default set (8.6, 8.9, 12.0 per its docs).
         target["compute_capabilities"] = [f"{c[2:-1]}.{c[-1]}" for c in ccs if c.startswith("SM")] or "default"
         return target
-    from fer_edge.runtime.tensorrt.cuda_buffers import load_cuda_api
-    target.update(load_cuda_api("cuda-python").gpu_identity())
+    target.update(local_gpu())
     return target
 
 
@@ -296,8 +325,8 @@ def build_engine(onnx_path: os.PathLike, out_dir: Optional[os.PathLike] = None,
     contract = source_contract(onnx_path)
     trt_flavour = import_builder(flavour)
     trt = trt_flavour.module
-    strongly_typed = trt_flavour.strongly_typed
-    if not strongly_typed and not trt_flavour.has_precision_flags:  # pragma: no cover - no such release
+    strongly_typed = supports_strong_typing(trt_flavour)
+    if not strongly_typed and not has_precision_flags(trt_flavour):  # pragma: no cover - no such release
         raise EngineBuildError(f"{trt_flavour.describe()} has neither strong typing nor precision flags")
     out_dir = Path(out_dir) if out_dir is not None else onnx_path.parent
     engine_path = Path(output) if output else engine_path_for(onnx_path, out_dir, trt_flavour.name, options.batch)

@@ -1,18 +1,26 @@
-"""Read a timm EfficientNetV2 checkpoint (.pt/.pth state_dict, training dict, or .safetensors) safely."""
+"""The checkpoint format, both sides: fer-train's writer and every reader.
+
+Readers take any timm EfficientNetV2 checkpoint safely (.pt/.pth state_dict, a training dict, or .safetensors);
+fer-train writes the training dict (CHECKPOINT_FORMAT) and ships its EMA weights as fp16 .safetensors with the same
+header under the 'fer_edge' metadata key. torch is imported inside functions: this layer loads without it.
+"""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from fer_edge.runtime.artifact_io import sha256_file
 from fer_edge.runtime.errors import FerEdgeError
 from fer_edge.data.labels import LABEL_SETS
 
 CHECKPOINT_FORMAT = "fer_edge.checkpoint.v1"
+# What every fer-train checkpoint holds; the header keys (all but state_dict) also head the shipped .safetensors.
+REQUIRED_KEYS = ("format", "arch", "img_size", "in_chans", "labels", "mean", "std", "interpolation", "state_dict")
 # Keys under which training scripts (ours, timm's train.py, Lightning, plain loops) keep the weights.
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "state_dict_ema", "model_ema", "ema")
 _PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -144,7 +152,9 @@ def _torch_load(path: Path, allow_pickle: bool):
         raise _not_a_checkpoint(path, exc) from None
 
 
-def _load_safetensors(path: Path) -> tuple:
+def read_safetensors(path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(tensors as stored, the 'fer_edge' metadata dict or {}) of a .safetensors file."""
+    path = Path(path)
     try:
         from safetensors import safe_open
         with safe_open(str(path), framework="pt") as fh:
@@ -166,7 +176,7 @@ def load_checkpoint(path, allow_pickle: bool = False) -> Checkpoint:
     path = Path(path)
     _check_readable(path)
     if path.suffix.lower() == ".safetensors":
-        state, meta = _load_safetensors(path)
+        state, meta = read_safetensors(path)
     else:
         state, meta = _extract_state_dict(_torch_load(path, allow_pickle), path)
     state = {k: v.float() if v.is_floating_point() else v for k, v in _strip_prefixes(dict(state)).items()}
@@ -206,3 +216,68 @@ def resolve_field(ckpt: Checkpoint, key: str, flag_value, flag_name: str, defaul
             raise CheckpointError(f"{ckpt.path.name} does not record {key}; pass {flag_name}")
         value = default
     return value
+
+
+# ------------------------------------------------------------------ fer-train's side: writing and resuming
+def to_python(obj: Any) -> Any:
+    """Make obj loadable with torch.load(weights_only=True): numpy scalars/arrays -> Python, tuples -> lists."""
+    import numpy as np
+    import torch
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): to_python(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_python(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_checkpoint(ckpt: Dict[str, Any], path) -> None:
+    """Atomic torch.save (write to a temp file, then rename) so an interrupted run never leaves a torn file."""
+    import torch
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint lacks required keys {missing}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(to_python(ckpt), tmp)
+    os.replace(tmp, path)
+
+
+def load_training_state(path) -> Dict[str, Any]:
+    """The whole fer-train checkpoint dict (weights, optimizer, scheduler, history ...) to resume or ship from."""
+    import torch
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    return ckpt
+
+
+def header_from_checkpoint(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """The contract-relevant header of a training checkpoint: format, arch, size, channels, labels, normalisation."""
+    return {"format": CHECKPOINT_FORMAT, "arch": str(ckpt["arch"]), "img_size": int(ckpt["img_size"]),
+            "in_chans": int(ckpt["in_chans"]), "labels": [str(x) for x in ckpt["labels"]],
+            "mean": [float(x) for x in ckpt["mean"]], "std": [float(x) for x in ckpt["std"]],
+            "interpolation": str(ckpt["interpolation"])}
+
+
+def write_safetensors(ckpt: Dict[str, Any], out_path, training_summary: Dict[str, Any]) -> Path:
+    """The deployable file: EMA weights in fp16 (integer buffers unchanged) + JSON metadata under 'fer_edge'."""
+    from safetensors.torch import save_file
+    tensors = {}
+    for k, v in ckpt["state_dict"].items():
+        v = v.detach().cpu()
+        tensors[k] = (v.half() if v.is_floating_point() else v).contiguous()
+    meta = header_from_checkpoint(ckpt)
+    meta["training"] = to_python(training_summary)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_path), metadata={"fer_edge": json.dumps(meta, sort_keys=True)})
+    return out_path

@@ -1,7 +1,8 @@
 """The one timm model factory: a checkpoint becomes an eval-mode torch model and the contract its artifacts carry.
 
-Export, calibration (BatchNorm synthesis) and training build models here, so a checkpoint that does not fit an
-architecture is explained the same way everywhere.
+Export, calibration (BatchNorm synthesis), training (create_model with its drop rates) and the benchmarks'
+random-weight models build here, so a checkpoint that does not fit an architecture is explained the same way
+everywhere.
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import fer_edge
-from fer_edge.models.checkpoint import (REFERENCE_MODEL, Checkpoint, CheckpointError, load_checkpoint, resolve_field,
-                                        resolve_labels)
+
+from fer_edge.models.checkpoint import (Checkpoint, CheckpointError, REFERENCE_MODEL, load_checkpoint,
+                                        resolve_field, resolve_labels)
 from fer_edge.models.timm_compat import import_timm
 from fer_edge.runtime.contract import ModelContract
 
@@ -99,7 +101,6 @@ _OPTIONAL_SUFFIX = "num_batches_tracked"
 def check_arch_name(arch: str) -> None:
     """Refuse an architecture name timm does not know, listing the closest names it does."""
     import difflib
-    from fer_edge.models.checkpoint import CheckpointError
     timm = import_timm()
     if timm.is_model(arch):
         return
@@ -150,7 +151,6 @@ def _mismatch_text(arch: str, model_shapes: Dict[str, tuple], ckpt_shapes: Dict[
 
 def check_fits(arch: str, num_classes: int, in_chans: int, state_dict, model_shapes=None) -> None:
     """Refuse a state_dict whose tensors do not fit arch, naming the archs whose shapes it does fit."""
-    from fer_edge.models.checkpoint import CheckpointError
     check_arch_name(arch)
     ckpt_shapes = _shapes(state_dict)
     problem = _mismatch_text(arch, model_shapes or _shell_shapes(arch, num_classes, in_chans), ckpt_shapes)
@@ -166,10 +166,20 @@ def check_fits(arch: str, num_classes: int, in_chans: int, state_dict, model_sha
     raise CheckpointError(f"the checkpoint does not fit {arch}: {problem}. {fix}.")
 
 
+def create_model(arch: str, num_classes: int, in_chans: int, drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+    """A timm model with fresh random weights (never downloads pretrained ones), in train mode.
+
+    drop_rate / drop_path_rate are the training regularisers (dropout before the classifier, stochastic depth);
+    they do nothing in eval mode, so export and benchmarks leave them at 0.
+    """
+    check_arch_name(arch)
+    return import_timm().create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                                      drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+
+
 def build_model(arch: str, num_classes: int, in_chans: int, state_dict):
     """Create the timm model and load weights strictly, with a readable error on mismatch."""
-    check_arch_name(arch)
-    model = import_timm().create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    model = create_model(arch, num_classes, in_chans)
     check_fits(arch, num_classes, in_chans, state_dict, model_shapes=_shapes(model.state_dict()))
     model.load_state_dict(state_dict)
     return model.eval()

@@ -1,18 +1,16 @@
-"""The common face-detection types: `Detection`, frame checks, and `create_detector` (YuNet or Haar).
+"""The common face-detection types: `Detection`, frame checks and box helpers, shared by both detectors.
 
 Every detector takes a BGR, BGRA or grayscale uint8 frame of any size and returns a list of
 `Detection` in frame pixels, best score first.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
 
-from fer_edge.runtime.errors import ModelLoadError
 
 Box = Tuple[float, float, float, float]  # x, y, w, h in frame pixels
 
@@ -75,26 +73,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = iw * ih
     union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def create_detector(path: Optional[os.PathLike] = None, score_threshold: Optional[float] = None,
-                    threads: Optional[int] = None, **options):
-    """A YuNet detector for an .onnx path, or OpenCV's bundled Haar cascade when path is None.
-
-    options go to the detector (YuNet: nms_threshold, top_k, input_size; Haar: min_size, ...).
-    """
-    if path is None:
-        from fer_edge.pipeline.haar import HaarDetector, default_detector
-        return HaarDetector(**options) if options else default_detector()
-    path = str(path)
-    if path.lower().endswith(".onnx"):
-        from fer_edge.pipeline.yunet import YuNetDetector
-        kwargs = dict(options)
-        if score_threshold is not None:
-            kwargs["score_threshold"] = score_threshold
-        return YuNetDetector(path, threads=threads, **kwargs)
-    raise ModelLoadError(f"{path}: unknown detector file; pass a YuNet .onnx (e.g. face_detection_yunet_2023mar.onnx "
-                         "from the OpenCV Zoo), or no detector to use OpenCV's Haar cascade")
 
 
 def detections_from_boxes(boxes) -> List[Detection]:

@@ -17,13 +17,14 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from fer_edge.pipeline.detection import Box, Detection, check_frame, create_detector, detections_from_boxes
+from fer_edge.pipeline.detection import Box, Detection, check_frame, detections_from_boxes
+from fer_edge.pipeline.detectors import create_detector
 from fer_edge.runtime.model import FerModel, load
 from fer_edge.runtime.preprocess import crop_face, face_box_problem
 from fer_edge.pipeline.smoothing import Smoother, SmoothingConfig
 from fer_edge.pipeline.tracker import IouTracker
 
-STAGES = ("detect", "crop", "classify", "smooth")
+PIPELINE_STAGES = ("detect", "crop", "classify", "smooth")
 log = logging.getLogger("fer_edge.runtime")
 
 
@@ -77,7 +78,7 @@ class FerPipeline:
         self.min_face = int(min_face)
         self.max_faces = max_faces
         self.labels = self.model.labels
-        self.last_timings: Dict[str, float] = {s: 0.0 for s in STAGES}
+        self.last_timings: Dict[str, float] = {s: 0.0 for s in PIPELINE_STAGES}
         self.skipped_boxes = 0
 
     def reset(self) -> None:
@@ -122,7 +123,7 @@ class FerPipeline:
         boxes: your own (x, y, w, h) face boxes instead of running the detector; boxes wholly outside
         the frame are ignored.
         """
-        self.last_timings = {s: 0.0 for s in STAGES}
+        self.last_timings = {s: 0.0 for s in PIPELINE_STAGES}
         has_pixels = check_frame(frame)
         t0 = time.perf_counter()
         if not has_pixels:

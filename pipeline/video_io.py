@@ -21,6 +21,7 @@ import numpy as np
 
 from fer_edge.runtime.errors import DataError
 
+# File names the image readers accept (fer-demo sources and image-folder datasets).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 URL_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")
 
@@ -34,13 +35,23 @@ class Frame:
 
 
 def read_image(path: os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 BGR (or gray for single-channel files), with a clear error when unreadable."""
-    data = np.fromfile(str(path), dtype=np.uint8)
+    """Read an image file as uint8 BGR (or gray for single-channel files); DataError when it cannot be read.
+
+    The one image reader of fer-demo, fer-bench, fer-export and calibration. 16-bit files keep their top
+    8 bits (value >> 8, so 65535 -> 255): a fixed full-scale rule, so a pixel's value never depends on the
+    rest of the image. Stretching by the image's own maximum instead made a dim face as bright as a lit one.
+    """
+    try:  # fromfile + imdecode rather than cv2.imread, which fails on non-ASCII paths on Windows
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise DataError(f"{path}: OpenCV cannot decode this image (corrupt or unsupported format)")
-    if image.dtype != np.uint8:  # 16-bit PNG/TIFF
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
+    if image is None or image.size == 0:
+        raise DataError(f"{path}: not a readable image (corrupt, or not an image despite its name)")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise DataError(f"{path}: pixel type {image.dtype} is not supported; save it as an 8- or 16-bit image")
     return image
 
 

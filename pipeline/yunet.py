@@ -17,6 +17,8 @@ import numpy as np
 
 from fer_edge.pipeline.detection import Detection, check_frame, to_bgr
 from fer_edge.runtime.errors import ModelLoadError
+from fer_edge.runtime.onnx_backend import OnnxRuntimeBackend
+
 
 STRIDES = (8, 16, 32)
 PAD_DIVISOR = 32  # the largest stride: padded inputs must be a multiple of it
@@ -102,7 +104,6 @@ class YuNetDetector:
     def __init__(self, path: os.PathLike, score_threshold: float = 0.6, nms_threshold: float = 0.3,
                  top_k: int = 5000, input_size: Optional[int] = None, threads: Optional[int] = None,
                  providers: Optional[List[str]] = None):
-        from fer_edge.runtime.onnx_backend import OnnxRuntimeBackend
         path = str(path)
         if not os.path.isfile(path):
             raise ModelLoadError(f"{path}: no such YuNet model file. Get face_detection_yunet_2023mar.onnx from "

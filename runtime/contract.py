@@ -1,16 +1,13 @@
-"""The preprocessing contract every fer-edge artifact carries.
-
-It says exactly how a face crop becomes the model's input tensor and what the outputs mean. Export
-writes it into the ONNX `metadata_props` (key `fer_edge.contract`) and into a sidecar `<artifact>.json`;
-the runtime, calibration and the benchmark read it back and refuse an artifact whose contract is
-missing or inconsistent.
+"""The preprocessing contract every fer-edge artifact carries: how a face crop becomes the model's input tensor
+and what the outputs mean. Export writes it into the ONNX `metadata_props` (key `fer_edge.contract`) and into
+the sidecar `<artifact>.json`; readers refuse an artifact whose contract is missing or inconsistent.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from fer_edge.runtime.errors import ContractError
 
@@ -50,7 +47,6 @@ class ModelContract:
     def num_classes(self) -> int:
         return len(self.labels)
 
-    # ----------------------------------------------------------------- checks
     def validate(self) -> "ModelContract":
         """Raise ContractError naming every inconsistency found."""
         problems = []
@@ -89,7 +85,6 @@ class ModelContract:
                                 + ". Re-export the model with fer-export to write a valid contract.")
         return self
 
-    # ---------------------------------------------------------- serialisation
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -141,3 +136,24 @@ def compare_contracts(a: ModelContract, b: ModelContract, what_a: str, what_b: s
     if list(a.labels) != list(b.labels):
         diffs.append(f"labels: {a.labels} in {what_a} vs {b.labels} in {what_b}")
     return "; ".join(diffs) or None
+
+
+def shape_problems(contract: ModelContract, input_shape: Sequence, output_shape: Sequence, what: str) -> List[str]:
+    """How a model's I/O shapes contradict the contract ([] when they fit); `what` is "graph" or "engine".
+
+    Dims that are not non-negative ints (ONNX's symbolic names, TensorRT's -1) are dynamic; [] is an unknown rank.
+    """
+    problems = []
+    want = [contract.channels, contract.input_size, contract.input_size]
+    static = [isinstance(d, int) and d >= 0 for d in input_shape]
+    if len(input_shape) != 4 or any(s and d != w for s, d, w in zip(static[1:], input_shape[1:], want)):
+        problems.append(f"the {what} input is {list(input_shape)} but the contract says "
+                        f"N x {want[0]} x {want[1]} x {want[2]}")
+    width = output_shape[-1] if len(output_shape) == 2 else None
+    if output_shape and len(output_shape) != 2:
+        problems.append(f"the {what} output is {list(output_shape)} but fer-edge needs N x classes "
+                        f"(N x {contract.num_classes})")
+    elif isinstance(width, int) and width >= 0 and width != contract.num_classes:
+        problems.append(f"the {what} outputs {width} classes but the contract lists "
+                        f"{contract.num_classes} labels {contract.labels}")
+    return problems

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Protocol
 
 import numpy as np
 
@@ -13,12 +13,22 @@ from fer_edge.runtime.contract import ModelContract, compare_contracts
 from fer_edge.runtime.errors import ContractError, ModelLoadError
 from fer_edge.runtime.preprocess import FaceInput, prepare_batch
 
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 ONNX_INTEGRITY_FIX = "Copy the model and its .json sidecar again, or re-export both with fer-export."
 # FP16 rounds each probability by up to 2^-11 of itself and an FP16 softmax adds its own rounding, so rows sum
 # to 1 only within ~1e-3; logits miss by far more (a logits graph's rows summed to -0.77).
 PROBABILITY_TOLERANCE = 2e-3
+
+
+class Backend(Protocol):
+    """What FerModel needs from an inference engine (ONNX Runtime, TensorRT)."""
+    name: str
+    max_batch: Optional[int]        # the most faces one run() takes (an engine's profile); None: no limit
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 NCHW batch -> raw outputs [N, num_classes]."""
+
+    def close(self) -> None:
+        """Release the session or the GPU buffers; run() must not be called afterwards."""
 
 
 @dataclass
@@ -38,15 +48,26 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class FerModel:
-    """A loaded artifact: its contract, its backend and the shared preprocessing."""
+    """A loaded artifact: its contract, its backend and the shared preprocessing. Close it, or use `with`."""
 
-    def __init__(self, path: Path, contract: ModelContract, backend, sidecar: Optional[dict] = None):
+    def __init__(self, path: Path, contract: ModelContract, backend: Backend, sidecar: Optional[dict] = None):
         self.path = path
         self.contract = contract
         self.backend = backend
         self.sidecar = sidecar or {}
-        # Engines cap the batch by their optimisation profile; ONNX Runtime has no cap.
-        self.max_batch: Optional[int] = getattr(backend, "max_batch", None)
+        self.max_batch = backend.max_batch
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.backend.close()
+
+    def __enter__(self) -> "FerModel":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @property
     def labels(self) -> List[str]:
@@ -60,22 +81,22 @@ class FerModel:
         return prepare_batch(faces, self.contract)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Inference only: a prepared float32 NCHW tensor -> raw outputs (logits) [N, num_classes]."""
-        if self.max_batch and batch.shape[0] > self.max_batch:
-            return np.concatenate([self.backend.run(batch[i:i + self.max_batch])
-                                   for i in range(0, batch.shape[0], self.max_batch)])
-        return self.backend.run(batch)
+        """Inference only: a prepared float32 NCHW tensor -> raw outputs [N, num_classes], in max_batch chunks."""
+        if self.closed:
+            raise ModelLoadError(f"{self.path}: this model was closed (its session or GPU buffers are released); "
+                                 "load it again with fer_edge.runtime.load() to keep predicting.")
+        step = self.max_batch or len(batch)
+        if len(batch) <= step:
+            return self.backend.run(batch)
+        return np.concatenate([self.backend.run(batch[i:i + step]) for i in range(0, len(batch), step)])
 
     def predict_proba(self, faces: FaceInput) -> np.ndarray:
         """Face crop(s) -> probabilities [N, num_classes]."""
         return self.to_probabilities(self.infer(self.preprocess(faces)))
 
     def to_probabilities(self, outputs: np.ndarray) -> np.ndarray:
-        """Raw outputs [N, num_classes] -> probabilities, checked against the contract.
-
-        The graph cannot say whether it emits logits or probabilities, and a dynamic class axis hides its width
-        until it runs, so both are checked on every call (microseconds for an N x 7 array).
-        """
+        """Raw outputs [N, num_classes] -> probabilities, checked against the contract on every call (microseconds):
+        the graph cannot say whether it emits logits or probabilities, and a dynamic class axis hides its width."""
         self._check_output_shape(outputs)
         if self.contract.output_kind != "probabilities":
             return softmax(outputs)
@@ -86,9 +107,8 @@ class FerModel:
     def _check_output_shape(self, outputs: np.ndarray) -> None:
         if outputs.ndim != 2 or outputs.shape[1] != self.contract.num_classes:
             raise ContractError(f"{self.path}: the model returned outputs of shape {outputs.shape} but its contract "
-                                f"lists {self.contract.num_classes} labels {self.contract.labels}: the contract "
-                                "belongs to another model. Re-export the model with fer-export, which writes a "
-                                "matching contract.")
+                                f"lists {self.contract.num_classes} labels {self.contract.labels}: the contract belongs "
+                                "to another model. Re-export it with fer-export, which writes a matching one.")
 
     def _check_probabilities(self, probs: np.ndarray) -> None:
         row_sums = probs.sum(axis=1)
@@ -103,10 +123,7 @@ class FerModel:
                             "fer-edge applies softmax.")
 
     def predict(self, faces: FaceInput) -> List[FacePrediction]:
-        """Face crop(s), uint8 gray or BGR, any size -> one FacePrediction per face.
-
-        Accepted shapes, including the one rule for 3-D arrays, are listed in preprocess.split_faces.
-        """
+        """Face crop(s), uint8 gray/BGR/BGRA, any size (shapes: preprocess.split_faces) -> a FacePrediction each."""
         probs = self.predict_proba(faces)
         top = probs.argmax(axis=1)
         labels = self.contract.labels
@@ -142,7 +159,11 @@ def _check_artifact_file(path: Path) -> None:
         raise ModelLoadError(f"{path}: file is empty (an interrupted copy?). Re-export it with fer-export.")
 
 
-def _load_onnx(path: Path, threads: Optional[int], providers: Optional[List[str]]) -> FerModel:
+def _load_onnx(path: Path, threads: Optional[int], providers: Optional[List[str]],
+               engine_options: Dict[str, Any]) -> FerModel:
+    if engine_options:
+        raise ModelLoadError(f"{path}: engine options {sorted(engine_options)} apply to TensorRT engines only; "
+                             "drop them to load an .onnx file")
     sidecar = read_sidecar(path)
     verify_artifact(path, sidecar, ONNX_INTEGRITY_FIX)     # before ONNX Runtime parses a single byte
     from fer_edge.runtime.onnx_backend import OnnxRuntimeBackend
@@ -152,7 +173,8 @@ def _load_onnx(path: Path, threads: Optional[int], providers: Optional[List[str]
     return FerModel(path, contract, backend, sidecar)
 
 
-def _load_engine(path: Path, engine_options) -> FerModel:
+def _load_engine(path: Path, threads: Optional[int], providers: Optional[List[str]],
+                 engine_options: Dict[str, Any]) -> FerModel:
     from fer_edge.runtime.tensorrt.backend import load_engine_backend
     sidecar = read_sidecar(path)
     contract = _resolve_contract(path, None, sidecar)
@@ -160,22 +182,19 @@ def _load_engine(path: Path, engine_options) -> FerModel:
     return FerModel(path, contract, backend, sidecar)
 
 
+LOADERS = {".onnx": _load_onnx, ".engine": _load_engine, ".plan": _load_engine, ".trt": _load_engine}
+
+
 def load(path: os.PathLike, threads: Optional[int] = None, providers: Optional[List[str]] = None, **engine_options) -> FerModel:
-    """Load an ONNX model (ONNX Runtime) or a TensorRT engine, with its contract.
+    """Load an ONNX model (ONNX Runtime) or a TensorRT engine; file and contract are checked before it is returned.
 
-    The file's size and sha256 are checked against its sidecar before any parser reads it, and the contract
-    against the graph (input type and shape, number of classes) before the model is returned. An ONNX file
-    without a sidecar still loads from its embedded contract, with an IntegrityWarning.
-
-    threads: intra-op CPU threads for ONNX Runtime (None = its default).
-    providers: ONNX Runtime execution providers (default CPU).
-    engine_options: passed to the TensorRT backend (e.g. cuda_graph=True).
+    threads, providers: ONNX Runtime's intra-op threads (None = its default) and execution providers (default CPU).
+    engine_options: for the TensorRT backend (e.g. cuda_graph=True).
     """
     path = Path(path)
     _check_artifact_file(path)
-    suffix = path.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
-        return _load_onnx(path, threads, providers)
-    if suffix in ENGINE_SUFFIXES:
-        return _load_engine(path, engine_options)
-    raise ModelLoadError(f"{path}: unknown artifact type {suffix!r}; expected .onnx, or .engine/.plan for TensorRT")
+    loader = LOADERS.get(path.suffix.lower())
+    if loader is None:
+        raise ModelLoadError(f"{path}: unknown artifact type {path.suffix.lower()!r}; fer-edge loads "
+                             f"{', '.join(LOADERS)} files (ONNX, or a TensorRT engine built by fer-export --engine)")
+    return loader(path, threads, providers, engine_options)

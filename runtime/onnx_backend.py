@@ -1,39 +1,60 @@
-"""ONNX Runtime backend: a thin wrapper that owns one InferenceSession."""
+"""ONNX Runtime: `ort_session`, the one place fer-edge opens a session, and the FerModel backend that owns one."""
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import numpy as np
 
-from fer_edge.runtime.contract import METADATA_KEY, ModelContract
+from fer_edge.runtime.contract import METADATA_KEY, ModelContract, shape_problems
 from fer_edge.runtime.errors import BackendUnavailableError, ContractError, ModelLoadError
+
+
+def ort_session(model: Union[os.PathLike, str, bytes], threads: Optional[int] = None,
+                providers: Optional[List[str]] = None, spin_wait: Optional[bool] = None):
+    """An onnxruntime.InferenceSession for a model file or its bytes, with fer-edge's one policy.
+
+    threads: intra-op threads (None: one per core); inter-op 1, as the default sequential executor uses no more.
+    providers: default CPU; ones this onnxruntime build lacks are refused, not skipped.
+    spin_wait: None keeps ONNX Runtime's default (idle intra-op threads spin-wait); False turns it off.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from exc
+    options = ort.SessionOptions()
+    options.log_severity_level = 3          # errors only: fer-edge raises its own, naming the fix
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    if spin_wait is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+    providers = providers or ["CPUExecutionProvider"]
+    _check_providers(providers, ort.get_available_providers())
+    in_memory = isinstance(model, bytes)
+    try:
+        return ort.InferenceSession(model if in_memory else str(model), sess_options=options, providers=providers)
+    except Exception as exc:  # ORT raises its own exception types for bad files
+        source = f"ONNX model in memory ({len(model)} bytes)" if in_memory else str(model)
+        raise ModelLoadError(f"{source}: ONNX Runtime cannot load it ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]}). Is it a complete .onnx file? "
+                             "Re-export it with fer-export.") from None
+
+
+def _check_providers(providers: List[str], available: List[str]) -> None:
+    unknown = [p for p in providers if p not in available]
+    if unknown:
+        raise BackendUnavailableError(f"ONNX Runtime providers {unknown} are not available in this onnxruntime build "
+                                      f"(available: {available}). Pass providers from that list, or install the "
+                                      "build that has them (e.g. onnxruntime-gpu for CUDAExecutionProvider).")
 
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    max_batch: Optional[int] = None         # ONNX Runtime takes any batch size
 
     def __init__(self, path: os.PathLike, threads: Optional[int] = None, providers: Optional[List[str]] = None):
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from exc
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        available = ort.get_available_providers()
-        providers = providers or ["CPUExecutionProvider"]
-        unknown = [p for p in providers if p not in available]
-        if unknown:
-            raise BackendUnavailableError(f"ONNX Runtime providers {unknown} are not available here (available: {available})")
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as exc:  # ORT raises its own exception types for bad files
-            raise ModelLoadError(f"{path}: ONNX Runtime cannot load this file ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:200]}). Is it a complete .onnx file? "
-                                 "Re-export it with fer-export.") from None
+        self.session = ort_session(path, threads, providers)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ModelLoadError(f"{path}: expected one input and at least one output, found "
@@ -42,12 +63,8 @@ class OnnxRuntimeBackend:
         self.output_name = outputs[0].name
         self.input_shape = inputs[0].shape
         self.input_type = inputs[0].type
+        # [] or None when ONNX Runtime cannot infer it; FerModel then checks the width on every call.
         self.output_shape = outputs[0].shape or []
-        # None when the graph leaves the class axis symbolic; FerModel then checks the width on every call.
-        width = self.output_shape[-1] if self.output_shape else None
-        self.output_width: Optional[int] = width if isinstance(width, int) else None
-        self.providers = self.session.get_providers()
-        self.threads = threads
 
     def embedded_contract(self, source: str) -> Optional[ModelContract]:
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -58,32 +75,17 @@ class OnnxRuntimeBackend:
 
     def check_contract(self, contract: ModelContract, source: str) -> None:
         """Refuse a contract the graph contradicts: input type and shape, and output width when it is static."""
-        problems = self._input_problems(contract) + self._output_problems(contract)
+        problems = shape_problems(contract, self.input_shape, self.output_shape, "graph")
+        if self.input_type != "tensor(float)":
+            problems.insert(0, f"the graph input is {self.input_type} but the contract's preprocessing produces "
+                               f"{contract.dtype}")
         if problems:
             raise ContractError(f"{source}: the contract does not fit the graph: {'; '.join(problems)}. The contract "
                                 "(sidecar or embedded metadata) belongs to another model, or the model was edited "
                                 "after export; re-export it with fer-export, which writes a matching contract.")
 
-    def _input_problems(self, contract: ModelContract) -> List[str]:
-        problems = []
-        if self.input_type != "tensor(float)":
-            problems.append(f"the graph input is {self.input_type} but the contract's preprocessing produces "
-                            f"{contract.dtype}")
-        static = [d for d in self.input_shape[1:] if isinstance(d, int)]
-        want = [contract.channels, contract.input_size, contract.input_size]
-        if len(self.input_shape) != 4 or (len(static) == 3 and static != want):
-            problems.append(f"the graph input is {self.input_shape} but the contract says "
-                            f"N x {want[0]} x {want[1]} x {want[2]}")
-        return problems
-
-    def _output_problems(self, contract: ModelContract) -> List[str]:
-        if self.output_shape and len(self.output_shape) != 2:   # [] or None: rank unknown, checked per call
-            return [f"the graph output is {self.output_shape} but fer-edge needs N x classes "
-                    f"(N x {contract.num_classes})"]
-        if self.output_width is not None and self.output_width != contract.num_classes:
-            return [f"the graph outputs {self.output_width} classes but the contract lists "
-                    f"{contract.num_classes} labels {contract.labels}"]
-        return []
-
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def close(self) -> None:
+        self.session = None     # the last reference: ONNX Runtime frees the model and its thread pool

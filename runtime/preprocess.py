@@ -1,7 +1,5 @@
-"""The one preprocessing implementation: face crops (uint8) -> the model's float32 NCHW tensor.
-
-Export parity, calibration, the runtime, the benchmark and training evaluation all call
-`prepare_batch`, so a face is turned into numbers the same way everywhere. Only numpy and OpenCV.
+"""The one preprocessing implementation: face crops (uint8) -> the model's float32 NCHW tensor. Export parity,
+calibration, the runtime, the benchmark and training all call `prepare_batch`, so a face becomes the same numbers.
 """
 from __future__ import annotations
 
@@ -15,9 +13,7 @@ from fer_edge.runtime.errors import InputError
 
 FaceInput = Union[np.ndarray, Sequence[np.ndarray]]
 
-_CV2_INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR,
-               "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
-
+_CV2_INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
 
 # Channel counts a crop's last axis may have: gray, BGR, BGRA.
 CROP_CHANNELS = (1, 3, 4)
@@ -29,17 +25,11 @@ HOW_TO_PASS_FACES = ("Pass one crop as (H, W), (H, W, 1), (H, W, 3) BGR or (H, W
 
 
 def split_faces(faces: FaceInput) -> List[np.ndarray]:
-    """Accept one crop or a batch and return a list of 2-D (gray) or 3-D (H, W, C) uint8 crops.
+    """One crop or a batch -> a list of 2-D (gray) or 3-D (H, W, C) uint8 crops; InputError otherwise.
 
-    Shapes: (H, W) one gray crop; (N, H, W, C) a batch; a list/tuple of crops of any sizes, each (H, W) or
-    (H, W, C). A 3-D array is read by ONE rule:
-      * last axis 1, 3 or 4: one crop (H, W, C), gray, BGR or BGRA;
-      * otherwise, as a batch of gray crops (N, H, W), but only when H and W are both at least
-        MIN_BATCH_CROP_SIDE (8) pixels;
-      * anything else, e.g. (48, 48, 2) or (48, 48, 5), fits neither reading and raises InputError.
-    A list item is always one crop, so a 3-D item must have 1, 3 or 4 channels (the first reading); an array
-    and the list of its crops give the same predictions.
-    Raises InputError (a ValueError) naming the problem and how to pass faces instead.
+    (H, W) is one gray crop, (N, H, W, C) a batch, a list holds single crops of any sizes. A 3-D array is one
+    crop when its last axis is 1, 3 or 4, else a batch of gray crops (N, H, W) when H, W >= MIN_BATCH_CROP_SIDE;
+    (48, 48, 2) fits neither reading and is refused rather than guessed.
     """
     if isinstance(faces, (list, tuple)):
         crops = _crops_from_list(faces)
@@ -177,10 +167,7 @@ MAX_BOX_TO_FRAME = 4.0
 
 
 def face_box_problem(box, frame_shape: Tuple[int, ...], contract: ModelContract) -> Optional[str]:
-    """Why this (x, y, w, h) box cannot be cropped from a frame of frame_shape, or None when it can.
-
-    Callers that must skip bad boxes (a glitching detector) use this; crop_face raises InputError with it.
-    """
+    """Why this (x, y, w, h) box cannot be cropped from a frame of frame_shape, or None (for callers that skip)."""
     values = np.asarray(box, dtype=np.float64) if _is_numeric_sequence(box) else None
     if values is None or values.shape != (4,):
         return f"face box {box!r} is not four numbers (x, y, w, h)"
@@ -209,10 +196,7 @@ def _is_numeric_sequence(box) -> bool:
 
 def crop_face(frame: np.ndarray, box: Tuple[float, float, float, float], contract: ModelContract) -> np.ndarray:
     """Cut a face from a frame by the contract's crop policy; parts outside the frame are edge-replicated.
-
-    Raises InputError, before allocating anything, for a frame that is not an image and for a box that is not
-    finite, has no area, lies wholly outside the frame or is absurdly large for it (see MAX_BOX_TO_FRAME).
-    """
+    A bad frame or box (see face_box_problem) raises InputError before anything is allocated."""
     if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3) or frame.size == 0:
         raise InputError("frame must be a non-empty uint8 array of shape (H, W) or (H, W, C); pass the image the "
                          "face box was detected in")

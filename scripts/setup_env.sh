@@ -11,4 +11,5 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
 python -m pip install -q "torch==2.13.0" "torchvision==0.28.0"
-python -m pip install -q -e ".[${extras}]"
+# strict: a link tree that IDEs and import checkers resolve like an installed package (new modules need a rerun).
+python -m pip install -q -e ".[${extras}]" --config-settings editable_mode=strict

@@ -1,18 +1,21 @@
 """Shared fixtures: a small timm EfficientNetV2 fitted on synthetic faces, exported once per session."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fer_edge.data import labels as label_sets
+from fer_edge.data.paths import fer2013_dir, shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FER_EDGE_SHARED", REPO.parent / "shared"))
-FER2013_DIR = SHARED / "data" / "fer2013"
+SHARED = shared_data_dir()
+FER2013_DIR = fer2013_dir()
 PUBLICTEST_NPZ = FER2013_DIR / "fer2013_publictest.npz"
 YUNET_DIR = SHARED / "models" / "yunet"
-FER2013_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+# A list, as models, checkpoints and sidecars hold their labels (JSON has no tuples).
+FER2013_LABELS = list(label_sets.FER2013_LABELS)
 
 needs_shared = pytest.mark.skipif(not PUBLICTEST_NPZ.exists(),
                                   reason=f"needs FER-2013 from ../shared ({PUBLICTEST_NPZ} not found)")

@@ -118,3 +118,47 @@ def test_runtime_reads_in_one_sitting():
     backends = sum(len(p.read_text().splitlines()) for p in (runtime / "tensorrt").glob("*.py"))
     assert core <= 800, f"runtime core has {core} lines"
     assert core + backends <= 1500, f"runtime core + TensorRT backend have {core + backends} lines"
+
+
+def module_cycles() -> List[List[str]]:
+    """Cycles between modules (any import, lazy or not): strongly connected groups of more than one module."""
+    known = dict(modules())
+    graph = {m: set() for m in known}
+    for module, path in known.items():
+        for _, target in imports_of(module, path):
+            while target and target not in known:  # `from pkg.mod import name` names a module or an attribute
+                target = target.rpartition(".")[0]
+            if target and target != module and not known[target].name == "__init__.py":
+                graph[module].add(target)
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(node):  # Tarjan's algorithm
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_no_import_cycles_between_modules():
+    """Inside a folder too: a cycle hidden by a function-local import is still a cycle."""
+    assert module_cycles() == []

@@ -13,7 +13,7 @@ import pytest
 from conftest import FER2013_LABELS, PUBLICTEST_NPZ, has_torch_stack, needs_export_stack, needs_shared, synthetic_faces
 from fer_edge.cli import bench as cli
 from fer_edge.data.metrics import agreement, classification_metrics
-from fer_edge.benchmarks.latency import STAT_KEYS, measure_model, percentile, run_interleaved, summarize
+from fer_edge.benchmarks.latency import SUMMARY_KEYS, measure_model, percentile, run_interleaved, summarize
 
 FAST = ["--iterations", "3", "--warmup", "1", "--threads", "1", "--no-progress"]
 
@@ -22,12 +22,12 @@ FAST = ["--iterations", "3", "--warmup", "1", "--threads", "1", "--no-progress"]
 def test_summarize_uses_trtexec_percentiles():
     samples = list(range(100, 0, -1))  # 1..100 ms, unsorted
     stats = summarize(samples, batch=4)
-    assert set(stats) == set(STAT_KEYS)
-    assert (stats["min_ms"], stats["max_ms"], stats["mean_ms"]) == (1, 100, 50.5)
+    assert list(stats) == list(SUMMARY_KEYS)
+    assert (stats["min"], stats["max"], stats["mean"]) == (1, 100, 50.5)
     # trtexec: index max(n-1-floor((1-p/100)n), 0) on ascending timings; median averages the middle pair.
-    assert (stats["p50_ms"], stats["p90_ms"], stats["p95_ms"], stats["p99_ms"]) == (50.5, 90, 95, 100)  # float32 rank, as trtexec
+    assert (stats["median"], stats["p90"], stats["p95"], stats["p99"]) == (50.5, 90, 95, 100)  # float32 rank, as trtexec
     assert stats["throughput_ips"] == pytest.approx(4 * 100 * 1000 / 5050)
-    assert stats["iterations"] == 100
+    assert stats["n"] == 100
     assert percentile([7.0], 99) == 7.0
     with pytest.raises(ValueError, match="at least one"):
         summarize([], 1)
@@ -59,8 +59,8 @@ def test_classification_metrics_and_agreement():
 
 # ----------------------------------------------------------------------------- fer-bench end to end
 def _stats_ok(stats):
-    assert set(stats) == set(STAT_KEYS)
-    assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p95_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+    assert set(stats) == set(SUMMARY_KEYS)  # report.json is written with sorted keys
+    assert 0 < stats["min"] <= stats["median"] <= stats["p90"] <= stats["p95"] <= stats["p99"] <= stats["max"]
     assert stats["throughput_ips"] > 0
 
 
@@ -85,7 +85,7 @@ def test_bench_report_schema_and_values(exported, synthetic_npz, tmp_path, capsy
         for batch in ("1", "4"):
             for stage in ("end_to_end", "inference"):
                 _stats_ok(model["latency"][batch][stage])
-                assert model["latency"][batch][stage]["iterations"] == 3
+                assert model["latency"][batch][stage]["n"] == 3
         acc = model["accuracy"]
         assert 0.0 <= acc["top1"] <= 1.0 and 0.0 <= acc["macro_f1"] <= 1.0
         assert sorted(acc["per_class"]) == sorted(FER2013_LABELS)  # JSON keys are written sorted
@@ -99,7 +99,7 @@ def test_bench_report_schema_and_values(exported, synthetic_npz, tmp_path, capsy
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert len(rows) == 2 * 2 * 2  # models x batches x stages
     assert {r["stage"] for r in rows} == {"end_to_end", "inference"}
-    assert all(float(r["p50_ms"]) <= float(r["p99_ms"]) for r in rows)
+    assert all(float(r["median"]) <= float(r["p99"]) for r in rows)
 
 
 @needs_export_stack
@@ -138,7 +138,7 @@ def test_bench_timed_run_stages_and_bench_settings(exported):
     latency = measure_model(model, faces, [1, 4], warmup=1, iterations=3)
     for batch in ("1", "4"):
         assert {"end_to_end", "inference", "gpu_compute", "h2d"} <= set(latency[batch])
-        assert latency[batch]["gpu_compute"]["p50_ms"] == 1.5 and latency[batch]["h2d"]["max_ms"] == 0.25
+        assert latency[batch]["gpu_compute"]["median"] == 1.5 and latency[batch]["h2d"]["max"] == 0.25
     assert cli._model_entry(model, model.backend.bench_settings)["bench_settings"] == {"cuda_graph": False}
 
 

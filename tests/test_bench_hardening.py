@@ -128,8 +128,8 @@ def test_label_map_mistakes_are_named(tmp_path):
 
 
 # ----------------------------------------------------------------------------- warnings when timings lie
-def _stats(p50):
-    return {"p50_ms": p50, "p99_ms": p50 * 1.5}
+def _stats(median):
+    return {"median": median, "p99": median * 1.5}
 
 
 def test_busy_machine_warning_rule():
@@ -180,7 +180,7 @@ def test_models_are_timed_round_robin_in_blocks():
     block = [BLOCK_CALLS + SETTLE_CALLS]
     one_round = ["a/e2e"] * block[0] + ["a/inf"] * block[0] + ["b/e2e"] * block[0] + ["b/inf"] * block[0]
     assert log == one_round * 2  # two rounds of 5 timed calls give the 10 iterations, models alternating
-    assert [r["1"]["end_to_end"]["iterations"] for r in results] == [10, 10]
+    assert [r["1"]["end_to_end"]["n"] for r in results] == [10, 10]
 
 
 # ----------------------------------------------------------------------------- the CLI

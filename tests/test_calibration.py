@@ -134,10 +134,10 @@ def test_shipped_synthetic_set_is_unlabelled_and_made_from_the_shipped_weights()
 
 
 def test_stale_synthetic_set_is_refused_with_the_regenerate_command(tmp_path, monkeypatch):
-    from fer_edge.models import checkpoint
+    from fer_edge.calibration import synthesize
     other = tmp_path / "other.safetensors"
     other.write_bytes(b"other weights")
-    monkeypatch.setattr(checkpoint, "REFERENCE_MODEL", other)
+    monkeypatch.setattr(synthesize, "REFERENCE_MODEL", other)
     with pytest.raises(DataError, match="synthesised from other weights.*fer_edge.calibration.synthesize"):
         resolve_calibration(Int8Options(), reference_model=True)
 
@@ -206,10 +206,19 @@ def test_corrupt_cached_tensors_are_rebuilt(tmp_path):
 
 
 def test_gate_rule_uses_drop_with_labels_and_agreement_without():
-    from fer_edge.calibration.gate import Comparison, GateRule
-    same_top1_low_agreement = Comparison(agreement=0.98, fp32_top1=0.60, int8_top1=0.60)
+    from fer_edge.calibration.gate import GateRule, drop_points, result_record
+    from fer_edge.data.metrics import Comparison
+
+    def result(agreement, fp32_top1=None, int8_top1=None):
+        return Comparison(100, agreement, 0.0, 0.0, 0.0, reference_top1=fp32_top1, candidate_top1=int8_top1)
+    same_top1_low_agreement = result(0.98, 0.60, 0.60)
     assert GateRule(0.5, 0.99).passes(same_top1_low_agreement)
     assert not GateRule(0.5, 0.99, metric="agreement").passes(same_top1_low_agreement)
-    assert not GateRule(0.5, 0.99).passes(Comparison(agreement=0.999, fp32_top1=0.60, int8_top1=0.59))  # 1 pt
-    assert GateRule(0.5, 0.99).passes(Comparison(agreement=0.995, fp32_top1=None, int8_top1=None))
-    assert not GateRule(0.5, 0.99).passes(Comparison(agreement=0.985, fp32_top1=None, int8_top1=None))
+    assert drop_points(result(0.999, 0.60, 0.59)) == pytest.approx(1.0)
+    assert not GateRule(0.5, 0.99).passes(result(0.999, 0.60, 0.59))  # 1 pt
+    assert GateRule(0.5, 0.99).passes(result(0.995))
+    assert not GateRule(0.5, 0.99).passes(result(0.985))
+    # The sidecar's gate fields ("before", "after", each step) keep their names.
+    assert result_record(result(0.98, 0.60, 0.59)) == {"agreement": 0.98, "fp32_top1": 0.60, "int8_top1": 0.59,
+                                                       "drop_points": 1.0}
+    assert result_record(result(0.98))["drop_points"] is None

@@ -165,3 +165,32 @@ def test_missing_path_unknown_format_and_split_on_folder(tmp_path):
         load_faces(other)
     with pytest.raises(DataError, match="--split applies to"):
         load_faces(tmp_path, split="PublicTest")
+
+
+def test_16bit_png_gives_the_same_pixels_in_fer_demo_and_load_faces(tmp_path):
+    """One rule for 16-bit files: keep the top 8 bits (value >> 8), whatever else the image holds."""
+    from fer_edge.pipeline.video_io import open_source
+    dim = np.array([[0, 255, 256, 257], [1000, 4095, 4096, 4100]], np.uint16)     # brightest pixel 4100
+    full = np.array([[0, 256, 32768, 32895], [65280, 65407, 65534, 65535]], np.uint16)
+    expected = {"a_dim.png": [[0, 0, 1, 1], [3, 15, 16, 16]], "b_full.png": [[0, 1, 128, 128], [255, 255, 255, 255]]}
+    for name, pixels in (("a_dim.png", dim), ("b_full.png", full)):
+        assert cv2.imwrite(str(tmp_path / name), pixels)
+    with open_source(tmp_path) as source:                             # fer-demo's image and folder path
+        demo = {frame.name: frame.image for frame in source}
+    faces = load_faces(tmp_path)                                      # fer-bench, fer-export, calibration
+    for i, (name, pixels) in enumerate(expected.items()):
+        assert demo[name].dtype == np.uint8 and demo[name].tolist() == pixels
+        np.testing.assert_array_equal(faces.images[i], demo[name])
+
+
+def test_shared_data_dir_honours_fer_edge_shared(tmp_path, monkeypatch):
+    from fer_edge.data.datasets import default_fer2013_publictest
+    from fer_edge.data.paths import REPO_ROOT, shared_data_dir
+    monkeypatch.setenv("FER_EDGE_SHARED", str(tmp_path))
+    assert shared_data_dir() == tmp_path and default_fer2013_publictest() is None
+    npz = tmp_path / "data" / "fer2013" / "fer2013_publictest.npz"
+    npz.parent.mkdir(parents=True)
+    np.savez(npz, x=np.zeros((1, 2, 2), np.uint8))
+    assert default_fer2013_publictest() == npz
+    monkeypatch.delenv("FER_EDGE_SHARED")
+    assert shared_data_dir() == REPO_ROOT.parent / "shared" or not (REPO_ROOT.parent / "shared").is_dir()

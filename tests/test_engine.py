@@ -6,13 +6,13 @@ import importlib.util
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import needs_export_stack, synthetic_faces
+from fer_edge.benchmarks import latency as latency_summary
 from fer_edge.benchmarks import trtexec_stats
 from fer_edge.runtime.tensorrt import cuda_buffers
 from fer_edge.runtime.tensorrt import engine_compat
@@ -20,7 +20,7 @@ from fer_edge.runtime.tensorrt import backend as tensorrt_backend
 from fer_edge.models.artifact_writer import atomic_write_json
 from fer_edge.runtime.artifact_io import sha256_file, sidecar_path
 from fer_edge.runtime.errors import BackendUnavailableError, ContractError, ModelLoadError
-from fer_edge.runtime.tensorrt.trt_import import import_builder, parse_version
+from fer_edge.runtime.tensorrt.trt_import import parse_version
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="needs tensorrt-rtx (pip install tensorrt-rtx-cu12) to build engines on CPU")
@@ -124,27 +124,10 @@ def test_timing_cache_from_another_tensorrt_is_refused(exported, tmp_path):
 
 
 def _qdq_onnx(exported, out: Path) -> Path:
-    """INT8 Q/DQ ONNX (symmetric, per-channel weights) from the exported FP32 model, with an int8 sidecar."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from fer_edge.runtime.preprocess import prepare_batch
-    contract = exported["fp32"].contract
+    """INT8 Q/DQ ONNX by fer-export --int8's recipe (ungated, as the engine-build benchmark makes it)."""
+    from fer_edge.benchmarks.engine_build_bench import int8_qdq
     faces, _ = synthetic_faces(16, seed=3)
-    batch = prepare_batch(list(faces), contract)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input": batch[i:i + 1]} for i in range(len(batch))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    path = out / "model_int8.onnx"
-    quantize_static(str(exported["fp32"].path), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    op_types_to_quantize=["Conv", "Gemm"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
-    atomic_write_json(sidecar_path(path), {"contract": contract.with_precision("int8").to_dict()})
-    return path
+    return int8_qdq(exported["fp32"].path, exported["fp32"].contract, out / "model_int8.onnx", faces)
 
 
 @needs_rtx
@@ -333,6 +316,7 @@ def test_engine_without_sidecar_is_refused(tmp_path):
 
 
 def test_missing_tensorrt_names_the_install_command(monkeypatch):
+    from fer_edge.export.engine_build import import_builder
     for name in ("tensorrt", "tensorrt_lean", "tensorrt_rtx"):
         monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
     with pytest.raises(BackendUnavailableError) as err:
@@ -347,8 +331,9 @@ def test_missing_cuda_python_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
     with pytest.raises(BackendUnavailableError, match="pip install 'fer-edge\\[trt\\]'"):
         cuda_buffers.load_cuda_api("cuda-python")
-    with pytest.raises(BackendUnavailableError, match="not supported"):
-        cuda_buffers.load_cuda_api("cupy")
+    for other in ("cupy", "pycuda"):
+        with pytest.raises(BackendUnavailableError, match="not supported.*cuda-python"):
+            cuda_buffers.load_cuda_api(other)
 
 
 def test_gpu_check_refuses_without_gpu_stack(monkeypatch, capsys):
@@ -362,17 +347,17 @@ def test_gpu_check_refuses_without_gpu_stack(monkeypatch, capsys):
 # ---------------------------------------------------------------- trtexec statistics
 def test_trtexec_percentiles_median_and_cv():
     values = list(range(1, 101))                       # 1..100 ms
-    s = trtexec_stats.summarize(values)
+    s = latency_summary.summarize(values)
     # trtexec: sorted[max(n-1-int((1-p/100)*n), 0)] in float32 -> p90 = 90, p95 = 95, p99 = 100 (!)
     assert (s["p90"], s["p95"], s["p99"]) == (90.0, 95.0, 100.0)
     assert s["median"] == 50.5 and s["min"] == 1 and s["max"] == 100 and s["mean"] == 50.5
     assert s["cv_percent"] == pytest.approx(np.std(values) / 50.5 * 100)
-    assert trtexec_stats.summarize([3.0, 1.0, 2.0])["median"] == 2.0
-    assert trtexec_stats.percentile([5.0], 99) == 5.0
-    ten = trtexec_stats.summarize(range(10))
+    assert latency_summary.summarize([3.0, 1.0, 2.0])["median"] == 2.0
+    assert latency_summary.percentile([5.0], 99) == 5.0
+    ten = latency_summary.summarize(range(10))
     assert ten["p90"] == 8.0 and ten["p99"] == 9.0
     with pytest.raises(ValueError):
-        trtexec_stats.summarize([])
+        latency_summary.summarize([])
 
 
 def test_stage_summary_throughput_and_warnings():
@@ -387,7 +372,7 @@ def test_stage_summary_throughput_and_warnings():
     slow_copy = trtexec_stats.summarize_stages([{"h2d": 1.0, "gpu_compute": 0.1, "d2h": 0.01}] * 3)
     assert any("data transfers" in n for n in trtexec_stats.warnings_for(slow_copy))
     assert trtexec_stats.throughput_qps(1000, 1, 500.0) == 2000.0
-    table = trtexec_stats.markdown_table(summary)
+    table = trtexec_stats.stages_markdown(summary)
     assert "GPU Compute Time" in table and table.count("\n") == 6
 
 
@@ -398,23 +383,22 @@ SPECS = [cuda_buffers.TensorSpec("input", True, np.dtype(np.float16), (-1, 1, 32
 
 
 def test_shape_and_profile_logic():
-    assert cuda_buffers.batch_range(SPECS) == (1, 8)
+    assert cuda_buffers.batch_range(SPECS[0]) == (1, 8)
     assert cuda_buffers.max_shape(SPECS[0], 8) == (8, 1, 32, 32)
     assert cuda_buffers.max_shape(SPECS[1], 8) == (8, 7)
     assert cuda_buffers.input_shape(SPECS[0], 3, 1, 8) == (3, 1, 32, 32)
     with pytest.raises(ContractError, match="outside the engine's profile"):
         cuda_buffers.input_shape(SPECS[0], 9, 1, 8)
     static = [cuda_buffers.TensorSpec("input", True, np.dtype(np.float32), (1, 1, 32, 32)), SPECS[1]]
-    assert cuda_buffers.batch_range(static) == (1, 1)
+    assert cuda_buffers.batch_range(static[0]) == (1, 1)
     with pytest.raises(ContractError, match="no optimisation profile"):
-        cuda_buffers.batch_range([cuda_buffers.TensorSpec("input", True, np.dtype(np.float32), (-1, 1, 32, 32))])
-    assert cuda_buffers.split_batches(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+        cuda_buffers.batch_range(cuda_buffers.TensorSpec("input", True, np.dtype(np.float32), (-1, 1, 32, 32)))
     assert cuda_buffers.nbytes((8, 7), np.float16) == 112
 
 
 class FakeCuda:
     """Host-memory stand-in for the CUDA layer: 'device' buffers are numpy byte arrays, events count time."""
-    name, supports_graphs = "fake", True
+    name = "fake"
 
     def __init__(self):
         self.mem, self.next_ptr, self.calls, self.clock = {}, 0x1000, [], 0.0
@@ -615,46 +599,18 @@ def test_fermodel_splits_batches_beyond_engine_max(monkeypatch):
     assert not any(c[0] == "graph_launch" for c in api.calls)   # cuda_graph=False honoured
 
 
-def test_pycuda_cannot_be_combined_with_cuda_graph(monkeypatch):
-    api = FakeCuda()
-    api.supports_graphs, api.name = False, "pycuda"
-    backend = tensorrt_backend.TensorRTBackend.__new__(tensorrt_backend.TensorRTBackend)
-    backend.api = api
-    with pytest.raises(ModelLoadError, match="stream capture"):
-        backend._resolve_graph_option(True)
-    assert backend._resolve_graph_option(None) is False
+def test_with_block_frees_the_engine_buffers_and_graph(monkeypatch):
+    from fer_edge.runtime.model import FerModel
+    backend, api, contract = _fake_backend(monkeypatch)
+    with FerModel(Path("m.engine"), contract, backend, {}) as model:
+        assert len(model.predict(synthetic_faces(1)[0])) == 1        # batch 1: captures the CUDA graph
+        assert api.mem
+    assert model.closed and api.mem == {}                             # every pinned and device buffer freed
+    with pytest.raises(ModelLoadError, match="closed.*load it again"):
+        model.predict(synthetic_faces(1)[0])
+    model.close()                                                     # closing twice is harmless
 
 
 def test_unknown_engine_option_is_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="unknown engine option"):
         tensorrt_backend.load_engine_backend(tmp_path / "m.engine", None, {}, cuda_graphs=True)
-
-
-# ---------------------------------------------------------------- Jetson power parsing (no Jetson needed)
-ORIN_NX_LINE = ("11-23-2026 20:30:00 RAM 2448/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) CPU [12%@1510,8%@1510] "
-                "GR3D_FREQ 61% cpu@48.5C gpu@47.9C VDD_IN 6012mW/5500mW VDD_CPU_GPU_CV 2100mW/1900mW VDD_SOC 1400mW/1390mW")
-NANO_JP4_LINE = "RAM 1500/3964MB (lfb 4x4MB) CPU [5%@1479] GR3D_FREQ 0% POM_5V_IN 2934/2934 POM_5V_GPU 82/82"
-
-
-def test_tegrastats_parsing_and_energy():
-    from fer_edge.benchmarks import jetson
-    assert jetson.parse_tegrastats_line(ORIN_NX_LINE) == {"VDD_IN": 6012.0, "VDD_CPU_GPU_CV": 2100.0, "VDD_SOC": 1400.0}
-    assert jetson.parse_tegrastats_line(NANO_JP4_LINE) == {"POM_5V_IN": 2934.0, "POM_5V_GPU": 82.0}
-    summary = jetson.power_summary([ORIN_NX_LINE, ORIN_NX_LINE.replace("VDD_IN 6012mW", "VDD_IN 7012mW")])
-    assert summary["VDD_IN"] == {"mean_mw": 6512.0, "peak_mw": 7012.0, "samples": 2}
-    # 6.5 W above a 4.5 W idle for 10 s over 5000 inferences = 4 mJ each
-    assert jetson.energy_per_inference_mj(6500.0, 10.0, 5000, idle_mw=4500.0) == pytest.approx(4.0)
-    if not shutil.which("tegrastats"):
-        with pytest.raises(BackendUnavailableError, match="Jetson"):
-            jetson.TegrastatsSampler()
-
-
-def test_tegrastats_sampler_collects_lines_from_the_process(tmp_path):
-    from fer_edge.benchmarks import jetson
-    fake = tmp_path / "tegrastats"
-    fake.write_text(f"#!/bin/sh\nwhile true; do echo '{ORIN_NX_LINE}'; sleep 0.05; done\n")
-    fake.chmod(0o755)
-    with jetson.TegrastatsSampler(interval_ms=50, executable=str(fake)) as power:
-        time.sleep(0.4)
-    assert power.wall_s >= 0.4 and power.summary()["VDD_IN"]["mean_mw"] == 6012.0
-    assert power._proc.poll() is not None                      # the sampler process was stopped

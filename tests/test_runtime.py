@@ -125,8 +125,43 @@ def test_missing_empty_folder_and_unknown_suffix(tmp_path, exported):
         load(tmp_path)
     weights = tmp_path / "model.pt"
     weights.write_bytes(b"not a model")
-    with pytest.raises(ModelLoadError, match="unknown artifact type '.pt'"):
+    with pytest.raises(ModelLoadError, match=r"unknown artifact type '.pt'; fer-edge loads .onnx, .engine, .plan, .trt"):
         load(weights)
+
+
+def test_with_block_closes_the_model_and_releases_the_session(exported, faces):
+    import gc
+    import weakref
+    with load(exported["fp32"].path, threads=1) as model:
+        assert len(model.predict(faces[0][:2])) == 2
+        session = weakref.ref(model.backend.session)
+    gc.collect()
+    assert model.closed and session() is None            # the InferenceSession is gone, not just unreferenced here
+    with pytest.raises(ModelLoadError, match="closed.*load it again"):
+        model.predict(faces[0][:1])
+    model.close()                                         # closing twice is harmless
+
+
+def test_engine_options_on_an_onnx_model_are_refused(exported):
+    with pytest.raises(ModelLoadError, match=r"engine options \['cuda_graph'\] apply to TensorRT engines only"):
+        load(exported["fp32"].path, cuda_graph=True)
+
+
+def test_ort_session_holds_the_one_session_policy(exported):
+    from fer_edge.runtime import BackendUnavailableError
+    from fer_edge.runtime.onnx_backend import ort_session
+    data = exported["fp32"].path.read_bytes()
+    options = ort_session(data, threads=2, spin_wait=False).get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level) == (2, 1, 3)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    default = ort_session(exported["fp32"].path).get_session_options()
+    assert default.intra_op_num_threads == 0                   # None: ONNX Runtime's own default, spinning untouched
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        default.get_session_config_entry("session.intra_op.allow_spinning")
+    with pytest.raises(BackendUnavailableError, match="NoSuchExecutionProvider.*available.*install"):
+        ort_session(data, providers=["NoSuchExecutionProvider"])
+    with pytest.raises(ModelLoadError, match=r"ONNX model in memory \(5 bytes\): ONNX Runtime cannot load it"):
+        ort_session(b"xxxxx")
 
 
 def test_truncated_onnx_is_a_clear_load_error(tmp_path, exported):
@@ -134,7 +169,7 @@ def test_truncated_onnx_is_a_clear_load_error(tmp_path, exported):
     for name, payload in {"truncated.onnx": data[:len(data) // 2], "garbage.onnx": b"\x00\xffnot onnx" * 50}.items():
         path = tmp_path / name
         path.write_bytes(payload)
-        with pytest.raises(ModelLoadError, match="ONNX Runtime cannot load this file"):
+        with pytest.raises(ModelLoadError, match="ONNX Runtime cannot load it"):
             load(path)
 
 

@@ -23,12 +23,11 @@ from fer_edge.training import augment as A  # noqa: E402
 from fer_edge.training import data as D  # noqa: E402
 from fer_edge.training import train as T  # noqa: E402
 from fer_edge.cli import train as train_cli  # noqa: E402
-from fer_edge.training.ckpt import REQUIRED_KEYS, read_safetensors, save_checkpoint, to_python  # noqa: E402
-from fer_edge.training.metrics import confusion_matrix, summary  # noqa: E402
+from fer_edge.models.checkpoint import REQUIRED_KEYS, read_safetensors, save_checkpoint, to_python  # noqa: E402
 from fer_edge.runtime.preprocess import prepare_batch  # noqa: E402
+from conftest import FER2013_DIR as DATA_DIR, FER2013_LABELS, synthetic_faces  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-DATA_DIR = REPO.parent / "shared" / "data" / "fer2013"
 HAVE_DATA = (DATA_DIR / "fer2013_train_1of2.npz").is_file() and (DATA_DIR / "fer2013_publictest.npz").is_file()
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"FER-2013 npz files not found in {DATA_DIR} "
                                 "(../shared is absent on a fresh clone)")
@@ -38,7 +37,14 @@ README_PUBLIC_COUNTS = [467, 56, 496, 895, 653, 415, 607]
 
 
 def _contract(size=48):
-    return D.make_contract("tf_efficientnetv2_b0", D.FER2013_LABELS, size)
+    return D.make_contract("tf_efficientnetv2_b0", FER2013_LABELS, size)
+
+
+def synthetic_split(n: int, seed: int = 0, split_code: int = 0, row_offset: int = 0, size: int = 48) -> D.Split:
+    """A Split of conftest's learnable synthetic faces, rows numbered from row_offset."""
+    x, y = synthetic_faces(n, size=size, seed=seed)
+    return D.Split(x=x, y=y.astype(np.int64), row=np.arange(row_offset, row_offset + n, dtype=np.int64),
+                   split=np.full(n, split_code, dtype=np.uint8), class_names=list(FER2013_LABELS))
 
 
 def _tiny_cfg(tmp_path, **kw):
@@ -50,10 +56,9 @@ def _tiny_cfg(tmp_path, **kw):
 
 
 # ---------------------------------------------------------------------------------------- data
-def test_synthetic_split_counts_and_weights():
-    s = D.synthetic_split(70, seed=1)
-    assert s.x.dtype == np.uint8 and s.x.shape == (70, 48, 48)
-    assert s.class_counts().tolist() == [10] * 7
+def test_class_counts_and_weights():
+    s = synthetic_split(70, seed=1)
+    assert s.class_counts().tolist() == np.bincount(s.y, minlength=7).tolist() and s.class_counts().sum() == 70
     w = D.class_weights(np.array(README_TRAIN_COUNTS), 0.5)
     assert w.shape == (7,) and abs(float(w.mean()) - 1.0) < 1e-5
     assert int(np.argmax(w)) == 1 and int(np.argmin(w)) == 3  # rarest (disgust) weighs most, happy least
@@ -62,7 +67,7 @@ def test_synthetic_split_counts_and_weights():
 
 @pytest.mark.parametrize("size", [32, 48, 64])
 def test_prepare_tensor_is_prepare_batch(size):
-    s = D.synthetic_split(20, seed=2)
+    s = synthetic_split(20, seed=2)
     c = _contract(size)
     x = D.prepare_tensor(s.x, c, chunk=7)
     assert x.shape == (20, 1, size, size) and x.dtype == torch.float32
@@ -71,8 +76,8 @@ def test_prepare_tensor_is_prepare_batch(size):
 
 
 def test_load_split_checks_split_codes(tmp_path):
-    s = D.synthetic_split(10)
-    kw = dict(x=s.x, y=s.y.astype(np.uint8), row=s.row.astype(np.int32), class_names=np.array(D.FER2013_LABELS))
+    s = synthetic_split(10)
+    kw = dict(x=s.x, y=s.y.astype(np.uint8), row=s.row.astype(np.int32), class_names=np.array(FER2013_LABELS))
     np.savez(tmp_path / "fer2013_publictest.npz", split=np.zeros(10, np.uint8), **kw)  # Training codes in the PublicTest file
     with pytest.raises(ValueError, match="split codes"):
         D.load_split(tmp_path, "publictest")
@@ -83,7 +88,7 @@ def test_load_split_checks_split_codes(tmp_path):
 # ------------------------------------------------------------------------------------- augment
 def test_augment_shapes_and_ranges():
     torch.manual_seed(0)
-    x = D.prepare_tensor(D.synthetic_split(32, seed=3).x, _contract(48))
+    x = D.prepare_tensor(synthetic_split(32, seed=3).x, _contract(48))
     cfg = A.AugmentConfig(erase_p=1.0, affine_p=1.0)
     out = A.augment_batch(x, cfg, (-1.0, 1.0))
     assert out.shape == x.shape and out.dtype == x.dtype
@@ -135,7 +140,7 @@ def test_zero_init_head_starts_at_uniform_prediction():
     x, y = torch.rand(32, 1, 32, 32) * 2 - 1, torch.arange(32) % 7
     losses = {}
     for zero in (False, True):
-        model = T.build_model("tf_efficientnetv2_b0", 7, 1, zero_init_head=zero).train()
+        model = T.new_training_model("tf_efficientnetv2_b0", 7, 1, zero_init_head=zero).train()
         losses[zero] = float(F.cross_entropy(model(x), y))
     assert losses[True] == pytest.approx(math.log(7), abs=1e-5)
     assert losses[False] > math.log(7) + 0.5
@@ -144,7 +149,7 @@ def test_zero_init_head_starts_at_uniform_prediction():
 def test_config_files_and_overrides():
     for name in ("config_cpu.json", "config_default.json"):
         cfg = T.load_config(str(REPO / "training" / name))
-        assert cfg["arch"] == "tf_efficientnetv2_b0" and cfg["labels"] == D.FER2013_LABELS
+        assert cfg["arch"] == "tf_efficientnetv2_b0" and cfg["labels"] == FER2013_LABELS
         A.AugmentConfig.from_dict(cfg["augment"])
     args = train_cli.build_parser().parse_args(["--epochs", "3", "--set", "augment.pad=2", "--set", "lr=0.01"])
     cfg = T.apply_overrides(T.load_config(str(REPO / "training" / "config_cpu.json")), args)
@@ -153,12 +158,13 @@ def test_config_files_and_overrides():
         T.apply_overrides(T.load_config(None), train_cli.build_parser().parse_args(["--set", "nope=1"]))
 
 
-def test_metrics():
-    cm = confusion_matrix([0, 0, 1, 1], [0, 1, 1, 1], 2)
-    assert cm.tolist() == [[1, 1], [0, 2]]
-    s = summary(cm)
+def test_scores_are_reported_in_percent():
+    """fer_edge.data.metrics works in fractions; fer-train's history and reports convert to percent."""
+    from fer_edge.data.metrics import confusion_matrix, summary
+    s = T.in_percent(summary(confusion_matrix([0, 0, 1, 1], [0, 1, 1, 1], 2)))
     assert s["top1"] == pytest.approx(75.0)
     assert s["macro_f1"] == pytest.approx(100 * (2 / 3 + 0.8) / 2)
+    assert T.in_percent({"class": "sad", "f1": 0.5, "support": 3}) == {"class": "sad", "f1": 50.0, "support": 3}
 
 
 def test_checkpoint_is_weights_only_loadable(tmp_path):
@@ -175,8 +181,8 @@ def test_checkpoint_is_weights_only_loadable(tmp_path):
 
 
 def test_training_refuses_publictest_rows(tmp_path):
-    train = D.synthetic_split(32, seed=4)
-    val = D.synthetic_split(16, seed=5, split_code=1, row_offset=20)  # rows 20..35 overlap training rows 20..31
+    train = synthetic_split(32, seed=4)
+    val = synthetic_split(16, seed=5, split_code=1, row_offset=20)  # rows 20..35 overlap training rows 20..31
     with pytest.raises(ValueError, match="PublicTest rows"):
         T.train(_tiny_cfg(tmp_path), train, val)
 
@@ -185,8 +191,8 @@ def test_training_refuses_publictest_rows(tmp_path):
 @pytest.mark.slow
 def test_smoke_train_resume_and_ship(tmp_path):
     """2-epoch schedule on 64 synthetic faces at 32 px: stop after 1, resume, ship fp16 safetensors."""
-    train = D.synthetic_split(64, seed=6)
-    val = D.synthetic_split(32, seed=7, split_code=1, row_offset=1000)
+    train = synthetic_split(64, seed=6)
+    val = synthetic_split(32, seed=7, split_code=1, row_offset=1000)
     cfg = _tiny_cfg(tmp_path, epochs=2)
     res = T.train(cfg, train, val, stop_after=1)
     run = Path(res["out_dir"])
@@ -195,7 +201,7 @@ def test_smoke_train_resume_and_ship(tmp_path):
     ck = torch.load(run / "last.pt", weights_only=True)
     assert all(k in ck for k in REQUIRED_KEYS)
     assert ck["format"] == "fer_edge.checkpoint.v1" and ck["arch"] == "tf_efficientnetv2_b0"
-    assert ck["img_size"] == 32 and ck["in_chans"] == 1 and ck["labels"] == D.FER2013_LABELS
+    assert ck["img_size"] == 32 and ck["in_chans"] == 1 and ck["labels"] == FER2013_LABELS
     assert ck["mean"] == [0.5] and ck["std"] == [0.5] and ck["interpolation"] == "area" and ck["epoch"] == 1
     assert ck["state_dict"]["conv_stem.weight"].shape[1] == 1 and ck["state_dict"]["classifier.weight"].shape[0] == 7
     assert not torch.equal(ck["state_dict"]["classifier.weight"], ck["raw_state_dict"]["classifier.weight"])  # EMA
@@ -211,7 +217,7 @@ def test_smoke_train_resume_and_ship(tmp_path):
     out = tmp_path / "m.safetensors"
     T.ship(res2["best_path"], out, data_dir=str(tmp_path / "no-data"))
     tensors, meta = read_safetensors(out)
-    assert meta["format"] == "fer_edge.checkpoint.v1" and meta["img_size"] == 32 and meta["labels"] == D.FER2013_LABELS
+    assert meta["format"] == "fer_edge.checkpoint.v1" and meta["img_size"] == 32 and meta["labels"] == FER2013_LABELS
     assert meta["training"]["epochs"] == 2 and "command" in meta["training"]
     assert tensors["conv_stem.weight"].dtype == torch.float16
     model, _ = T.load_weights(out)
@@ -257,7 +263,7 @@ def test_shipped_reference_model_metadata():
     assert SHIPPED.stat().st_size <= 15 * 1024 * 1024
     tensors, meta = read_safetensors(SHIPPED)
     assert meta["format"] == "fer_edge.checkpoint.v1" and meta["arch"] == "tf_efficientnetv2_b0"
-    assert meta["in_chans"] == 1 and meta["labels"] == D.FER2013_LABELS and meta["interpolation"] == "area"
+    assert meta["in_chans"] == 1 and meta["labels"] == FER2013_LABELS and meta["interpolation"] == "area"
     for key in ("epochs", "publictest_top1", "publictest_macro_f1", "hardware", "wall_time_s", "command"):
         assert key in meta["training"], key
     assert tensors["conv_stem.weight"].dtype == torch.float16 and tensors["conv_stem.weight"].shape[1] == 1

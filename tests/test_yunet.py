@@ -104,7 +104,7 @@ def test_decode_grid_semantics():
 
 
 def test_wrong_model_files_are_refused(tmp_path):
-    from fer_edge.pipeline.detection import create_detector
+    from fer_edge.pipeline.detectors import create_detector
     from fer_edge.runtime.errors import ModelLoadError
     with pytest.raises(ModelLoadError, match="no such YuNet"):
         create_detector(tmp_path / "missing.onnx")

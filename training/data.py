@@ -12,17 +12,18 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from fer_edge.data.labels import FER2013_LABELS
+from fer_edge.data.paths import fer2013_dir
 from fer_edge.runtime.contract import ModelContract
 from fer_edge.runtime.preprocess import prepare_batch
 
-FER2013_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 SPLIT_CODES = {"train": 0, "publictest": 1}
 SPLIT_FILES = {
     "train": ("fer2013_train_1of2.npz", "fer2013_train_2of2.npz"),
     "publictest": ("fer2013_publictest.npz",),
 }
-# <repo>/../shared/data/fer2013, the repository root being the parent of training/.
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fer2013"
+# $FER_EDGE_SHARED/data/fer2013, else ../shared/data/fer2013 next to the repository (fer_edge.data.paths).
+DEFAULT_DATA_DIR = fer2013_dir()
 
 
 @dataclass
@@ -59,8 +60,8 @@ def load_split(data_dir, name: str) -> Split:
         with np.load(path, allow_pickle=False) as z:
             parts.append({k: z[k] for k in ("x", "y", "row", "split", "class_names")})
     class_names = [str(c) for c in parts[0]["class_names"]]
-    if class_names != FER2013_LABELS:
-        raise ValueError(f"{data_dir}: class_names {class_names} differ from the expected {FER2013_LABELS}")
+    if class_names != list(FER2013_LABELS):
+        raise ValueError(f"{data_dir}: class_names {class_names} differ from the expected {list(FER2013_LABELS)}")
     out = Split(
         x=np.concatenate([p["x"] for p in parts]),
         y=np.concatenate([p["y"] for p in parts]).astype(np.int64),
@@ -99,17 +100,3 @@ def class_weights(counts: np.ndarray, power: float = 0.5) -> np.ndarray:
     w = counts ** (-float(power))
     return (w / w.mean()).astype(np.float32)
 
-
-def synthetic_split(n: int, num_classes: int = 7, size: int = 48, seed: int = 0, split_code: int = 0,
-                    row_offset: int = 0) -> Split:
-    """Random uint8 faces with a class-dependent brightness pattern (learnable), for tests and smoke runs."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % num_classes
-    rng.shuffle(y)
-    x = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
-    band = size // num_classes
-    for c in range(num_classes):
-        idx = np.where(y == c)[0]
-        x[idx, c * band:(c + 1) * band, :] = 255
-    return Split(x=x, y=y.astype(np.int64), row=np.arange(row_offset, row_offset + n, dtype=np.int64),
-                 split=np.full(n, split_code, dtype=np.uint8), class_names=list(FER2013_LABELS[:num_classes]))

@@ -16,8 +16,6 @@ import csv
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -78,28 +76,20 @@ def apply_overrides(cfg: Dict[str, Any], args: argparse.Namespace) -> Dict[str, 
 
 # ------------------------------------------------------------------------------------------ helpers
 def hardware_string(device) -> str:
+    """The checkpoint's "hardware" record: the GPU, or the CPU as lscpu names it with cores and torch threads."""
     import torch
+    from fer_edge.models.machine import cpu_model
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    name = platform.processor() or "cpu"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except Exception:
-        pass
-    return f"{name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
-def build_model(arch: str, num_classes: int, in_chans: int = 1, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                zero_init_head: bool = False):
-    from fer_edge.models.timm_compat import import_timm
+def new_training_model(arch: str, num_classes: int, in_chans: int = 1, drop_rate: float = 0.0,
+                       drop_path_rate: float = 0.0, zero_init_head: bool = False):
+    """A randomly initialised model from the one factory, with the recipe's regularisers and head init."""
     import torch
-    timm = import_timm()
-    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                              drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    from fer_edge.models.factory import create_model
+    model = create_model(arch, num_classes, in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     if zero_init_head:
         # timm's classifier init gives train-mode logits with std ~3 over 1280 features, so training starts
         # at a cross-entropy of 4-7 instead of ln(classes) and spends its first epochs undoing that.
@@ -128,7 +118,7 @@ def evaluate(model, x, y, batch_size: int, device, num_classes: int, channels_la
     """Plain forward pass on prepared tensors (no TTA). Returns (confusion matrix, mean CE loss, predictions)."""
     import torch
     import torch.nn.functional as F
-    from fer_edge.training.metrics import confusion_matrix
+    from fer_edge.data.metrics import confusion_matrix
     model.eval()
     preds, loss_sum = [], 0.0
     y_t = torch.as_tensor(y)
@@ -142,6 +132,11 @@ def evaluate(model, x, y, batch_size: int, device, num_classes: int, channels_la
             preds.append(logits.argmax(1))
     pred = torch.cat(preds).numpy()
     return confusion_matrix(np.asarray(y), pred, num_classes), loss_sum / max(1, x.shape[0]), pred
+
+
+def in_percent(scores: Dict[str, Any]) -> Dict[str, Any]:
+    """fer_edge.data.metrics fractions -> percent, fer-train's unit (history.csv, checkpoints, shipped metadata)."""
+    return {name: 100.0 * value if isinstance(value, float) else value for name, value in scores.items()}
 
 
 def write_history(history: List[Dict[str, float]], out_dir: Path) -> None:
@@ -176,13 +171,13 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
     import torch
     import torch.nn.functional as F
     from fer_edge.training.augment import AugmentConfig, augment_batch, mix_batch
-    from fer_edge.training.ckpt import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+    from fer_edge.models.checkpoint import CHECKPOINT_FORMAT, load_training_state, save_checkpoint
     from fer_edge.training.ema import ModelEma
-    from fer_edge.training.metrics import summary
+    from fer_edge.data.metrics import summary
 
     state = None
     if resume:
-        state = load_checkpoint(resume)
+        state = load_training_state(resume)
         saved = dict(state["config"])
         # Keep the run's recipe. Only these may change on resume: where to write, threads, device, logging
         # and (explicitly, via resume_overrides) the epoch count, which stretches or shortens the cosine tail.
@@ -233,8 +228,8 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
     print(f"data: train {len(train_split)} {dict(zip(labels, counts.tolist()))}, PublicTest {len(val_split)}; "
           f"prepared at {cfg['img_size']} px in {time.time() - t0:.1f}s; device {device}", flush=True)
 
-    model = build_model(cfg["arch"], len(labels), 1, cfg["drop_rate"], cfg["drop_path_rate"],
-                        cfg.get("zero_init_head", False)).to(device)  # runs saved before the option: off
+    model = new_training_model(cfg["arch"], len(labels), 1, cfg["drop_rate"], cfg["drop_path_rate"],
+                               cfg.get("zero_init_head", False)).to(device)  # runs saved before the option: off
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, cfg["ema_decay"])
@@ -322,7 +317,7 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
                       f"{el / (i + 1):.3f}s/step lr {scheduler.get_last_lr()[0]:.2e}", flush=True)
         cm, val_loss, _ = evaluate(ema.module, x_val, val_split.y, int(cfg["eval_batch_size"]), device, len(labels),
                                    channels_last)
-        s = summary(cm)
+        s = in_percent(summary(cm))
         is_best = s["top1"] > best_top1
         best_top1 = max(best_top1, s["top1"])
         history.append({"epoch": epoch + 1, "lr": float(scheduler.get_last_lr()[0]), "train_loss": loss_sum / seen,
@@ -345,36 +340,36 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
 # ----------------------------------------------------------------------------------- eval and ship
 def load_weights(path):
     """(model in fp32 with the weights, header dict) from a training .pt or the shipped .safetensors."""
-    from fer_edge.training.ckpt import header_from_checkpoint, load_checkpoint, read_safetensors
+    from fer_edge.models.checkpoint import header_from_checkpoint, load_training_state, read_safetensors
+    from fer_edge.models.factory import build_model
     path = Path(path)
     if path.suffix == ".safetensors":
         state, meta = read_safetensors(path)
     else:
-        ckpt = load_checkpoint(path)
+        ckpt = load_training_state(path)
         state, meta = ckpt["state_dict"], header_from_checkpoint(ckpt)
-    model = build_model(meta["arch"], len(meta["labels"]), int(meta["in_chans"]))
-    model.load_state_dict(state)  # copy_ casts fp16 tensors into the fp32 parameters
+    model = build_model(meta["arch"], len(meta["labels"]), int(meta["in_chans"]), state)  # fp16 copied into fp32
     return model.float().eval(), meta
 
 
 def eval_publictest(model, meta, data_dir, batch_size: int = 256):
-    from fer_edge.training.metrics import summary
+    from fer_edge.data.metrics import summary
     contract = make_contract(meta["arch"], meta["labels"], meta["img_size"], meta["mean"], meta["std"],
                              meta["interpolation"])
     val = load_split(data_dir, "publictest")
     x = prepare_tensor(val.x, contract)
     import torch
     cm, loss, pred = evaluate(model, x, val.y, batch_size, torch.device("cpu"), len(meta["labels"]))
-    return cm, summary(cm), pred
+    return cm, in_percent(summary(cm)), pred
 
 
-def write_report(cm, meta, prefix, title: str) -> None:
-    from fer_edge.training.metrics import report_rows, summary
+def write_publictest_report(cm, meta, prefix, title: str) -> None:
+    from fer_edge.data.metrics import per_class_rows, summary
     from fer_edge.training.plots import plot_confusion
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    rows = report_rows(cm, meta["labels"])
-    s = summary(cm)
+    rows = [in_percent(row) for row in per_class_rows(cm, meta["labels"])]
+    s = in_percent(summary(cm))
     with open(str(prefix) + "_per_class.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"])
         w.writeheader()
@@ -393,8 +388,9 @@ def write_report(cm, meta, prefix, title: str) -> None:
 
 def ship(checkpoint, out, data_dir=None, report_prefix=None, tolerance_pt: float = 0.1) -> Dict[str, Any]:
     """best.pt -> fp16 safetensors with metadata; checks the fp16 weights keep PublicTest top-1 within tolerance."""
-    from fer_edge.training.ckpt import header_from_checkpoint, load_checkpoint, write_safetensors
-    ckpt = load_checkpoint(checkpoint)
+    from fer_edge.models.checkpoint import header_from_checkpoint, load_training_state, write_safetensors
+    from fer_edge.models.factory import build_model
+    ckpt = load_training_state(checkpoint)
     meta = header_from_checkpoint(ckpt)
     history = ckpt.get("history", [])
     best = max(history, key=lambda h: h["val_top1"]) if history else {}
@@ -406,8 +402,7 @@ def ship(checkpoint, out, data_dir=None, report_prefix=None, tolerance_pt: float
     data_dir = data_dir or str(DEFAULT_DATA_DIR)
     have_data = Path(data_dir, "fer2013_publictest.npz").is_file()
     if have_data:
-        model32 = build_model(meta["arch"], len(meta["labels"]), meta["in_chans"])
-        model32.load_state_dict(ckpt["state_dict"])
+        model32 = build_model(meta["arch"], len(meta["labels"]), meta["in_chans"], ckpt["state_dict"])
         _, s32, _ = eval_publictest(model32.eval(), meta, data_dir)
         half = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
         model32.load_state_dict(half)
@@ -429,7 +424,7 @@ def ship(checkpoint, out, data_dir=None, report_prefix=None, tolerance_pt: float
         print(f"re-read {path.name}: PublicTest top1 {s['top1']:.2f} macroF1 {s['macro_f1']:.2f}", flush=True)
         result["reloaded"] = s
         if report_prefix:
-            write_report(cm, meta2, report_prefix, f"{meta2['arch']} {meta2['img_size']}px, shipped fp16 weights")
+            write_publictest_report(cm, meta2, report_prefix, f"{meta2['arch']} {meta2['img_size']}px, shipped fp16 weights")
     return result
 
 
@@ -441,7 +436,7 @@ def speed(sizes, batch: int = 64, steps: int = 5, threads: int = 2, arch: str = 
     torch.set_num_threads(threads)
     rows = []
     for size in sizes:
-        model = build_model(arch, 7, 1)
+        model = new_training_model(arch, 7, 1)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         x = torch.randn(batch, 1, size, size)
         y = torch.randint(0, 7, (batch,))

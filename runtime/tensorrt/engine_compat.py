@@ -1,8 +1,6 @@
-"""Refuse an engine that cannot run here BEFORE TensorRT deserialises it.
-
-Deserialising a plan built for another GPU or TensorRT version fails deep inside TensorRT with a
-cryptic log line (or, worse, crashes). The engine's sidecar records what it was built for, so
-we compare that with this machine first and print the exact command that rebuilds it.
+"""Refuse an engine that cannot run here BEFORE TensorRT deserialises it: a plan built for another GPU or TensorRT
+fails deep inside TensorRT with a cryptic log line, or crashes. The sidecar records what the engine was built for,
+so that is compared with this machine first, and the error prints the command that rebuilds it.
 """
 from __future__ import annotations
 
@@ -16,8 +14,6 @@ from typing import Any, Dict, List, Optional
 from fer_edge.runtime.artifact_io import sidecar_path, verify_artifact
 from fer_edge.runtime.errors import ModelLoadError
 from fer_edge.runtime.tensorrt.trt_import import parse_version
-
-HARDWARE_COMPAT_LEVELS = ("none", "ampere+", "same-cc")
 
 
 @dataclass(frozen=True)

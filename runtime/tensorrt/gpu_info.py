@@ -1,7 +1,7 @@
 """GPU clocks, power limit and driver via NVML (pynvml / nvidia-ml-py) when installed; {} otherwise.
 
 Used only to annotate benchmark settings. Jetson iGPUs have no NVML: benchmarks/jetson.py reads
-nvpmodel / jetson_clocks / tegrastats there instead.
+nvpmodel and jetson_clocks state there instead.
 """
 from __future__ import annotations
 

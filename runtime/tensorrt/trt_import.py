@@ -1,19 +1,15 @@
-"""Pick the TensorRT Python module (`tensorrt`, `tensorrt_lean` or `tensorrt_rtx`) and describe its version.
+"""Pick the TensorRT Python module that runs an engine (`tensorrt`, `tensorrt_lean` or `tensorrt_rtx`).
 
-One place decides which flavour is used, so build and runtime code can branch on capabilities
-(`strongly_typed`, `has_precision_flags`, `can_build`) instead of sprinkling version checks.
+What a flavour can BUILD (Builder, strong typing, precision flags) is decided in fer_edge.export.engine_build.
 """
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Tuple
 
 from fer_edge.runtime.errors import BackendUnavailableError
-
-FLAVOURS = ("tensorrt", "tensorrt_lean", "tensorrt_rtx")
-BUILD_ORDER = ("tensorrt", "tensorrt_rtx")              # tensorrt_lean has no Builder
-RUNTIME_ORDER = ("tensorrt", "tensorrt_lean", "tensorrt_rtx")
 
 INSTALL_HINTS = {
     "tensorrt": "desktop/server: pip install 'fer-edge[trt]' (tensorrt + cuda-python); "
@@ -21,54 +17,26 @@ INSTALL_HINTS = {
     "tensorrt_lean": "pip install tensorrt-lean (runs version-compatible engines only)",
     "tensorrt_rtx": "pip install tensorrt-rtx-cu12 (TensorRT for RTX; x86_64 and Windows only)",
 }
+FLAVOURS = tuple(INSTALL_HINTS)     # also the order tried when the sidecar does not name the builder
 
 
 def parse_version(text: str) -> Tuple[int, ...]:
     """'10.3.0.30' -> (10, 3, 0, 30); non-numeric tails ('1.7.1.116+cuda') are cut at the first non-digit."""
     parts = []
     for piece in str(text).split("."):
-        digits = ""
-        for ch in piece:
-            if not ch.isdigit():
-                break
-            digits += ch
-        if not digits:
+        digits = re.match(r"\d+", piece)
+        if digits is None:
             break
-        parts.append(int(digits))
+        parts.append(int(digits.group()))
     return tuple(parts)
 
 
 @dataclass(frozen=True)
 class TrtFlavour:
-    """An imported TensorRT module plus what it can do."""
+    """An imported TensorRT module, its flavour name ("tensorrt", "tensorrt_lean", "tensorrt_rtx") and version."""
     module: Any
-    name: str          # "tensorrt", "tensorrt_lean" or "tensorrt_rtx"
+    name: str
     version: str
-
-    @property
-    def version_tuple(self) -> Tuple[int, ...]:
-        return parse_version(self.version)
-
-    @property
-    def major(self) -> int:
-        return self.version_tuple[0] if self.version_tuple else 0
-
-    @property
-    def can_build(self) -> bool:
-        return hasattr(self.module, "Builder") and hasattr(self.module, "OnnxParser")
-
-    @property
-    def strongly_typed(self) -> bool:
-        """STRONGLY_TYPED exists from TensorRT 9.1 and in every TensorRT-RTX."""
-        if self.name == "tensorrt_rtx":
-            return True
-        return self.version_tuple[:2] >= (9, 1)
-
-    @property
-    def has_precision_flags(self) -> bool:
-        """BuilderFlag.FP16/INT8 (weak typing) exist up to TensorRT 10.x; removed in 11 and absent in RTX."""
-        flags = getattr(self.module, "BuilderFlag", None)
-        return flags is not None and hasattr(flags, "FP16") and hasattr(flags, "INT8")
 
     def describe(self) -> str:
         return f"{self.name} {self.version}"
@@ -95,15 +63,6 @@ def import_first(order: Iterable[str], purpose: str) -> TrtFlavour:
         except BackendUnavailableError as exc:
             failures.append(str(exc))
     raise BackendUnavailableError(f"no TensorRT module is available for {purpose}:\n  - " + "\n  - ".join(failures))
-
-
-def import_builder(flavour: str = "auto") -> TrtFlavour:
-    """A flavour that can build engines: `tensorrt`, else `tensorrt_rtx` (which builds without a GPU)."""
-    chosen = import_first(BUILD_ORDER, "building engines") if flavour in (None, "auto") else import_flavour(flavour)
-    if not chosen.can_build:
-        raise BackendUnavailableError(f"{chosen.describe()} has no Builder/OnnxParser (a runtime-only package); "
-                                      f"install {INSTALL_HINTS['tensorrt']}")
-    return chosen
 
 
 def make_logger(trt, warn=None):

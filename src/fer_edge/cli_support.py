@@ -13,6 +13,8 @@ from typing import Callable, List, Optional
 
 import fer_edge
 
+from fer_edge.runtime.errors import FerEdgeError
+
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -40,7 +42,6 @@ def run_cli(prog: str, body: Callable[[List[str]], int], argv: Optional[List[str
     """Run a command's body with the shared error handling: a FerEdgeError becomes one line and exit 2, Ctrl-C 130.
 
     Anything else is a bug in fer-edge and keeps its traceback."""
-    from fer_edge.runtime.errors import FerEdgeError
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return body(argv)
