@@ -40,7 +40,7 @@ def parse_ints(text: str) -> List[int]:
     return values
 
 
-def ort_session(path: Path, threads: int, spin: bool):
+def benchmark_session(path: Path, threads: int, spin: bool):
     """The session load(threads=N) builds (default ONNX Runtime settings), or the same with spin-waiting off."""
     if spin:
         backend = load(path, threads=threads).backend
@@ -64,7 +64,7 @@ def measure(sizes: List[int], batches: List[int], threads: int, warmup: int, ite
         for size in sizes:
             torch_model, contract = build_untrained(size)
             path = export_untrained(torch_model, contract, Path(tmp) / f"untrained_{size}.onnx")
-            session, input_name = ort_session(path, threads, spin)
+            session, input_name = benchmark_session(path, threads, spin)
             for batch in batches:
                 x = np.random.default_rng(0).standard_normal((batch, 1, size, size)).astype(np.float32)
                 xt = torch.from_numpy(x)

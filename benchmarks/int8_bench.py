@@ -22,7 +22,7 @@ import numpy as np
 from fer_edge.benchmarks.latency import discard, run_interleaved, summarize
 from fer_edge.benchmarks.report import environment, environment_markdown
 from fer_edge.calibration.int8_export import Int8Options, export_int8
-from fer_edge.calibration.quantize import METHODS
+from fer_edge.calibration.quantize import CALIBRATION_METHODS
 from fer_edge.calibration.synthesize import shipped_set_for_reference_model
 from fer_edge.cli_support import new_parser, run_cli
 from fer_edge.export.exporter import export_model
@@ -169,7 +169,7 @@ def build_parser():
     parser.add_argument("--calib-split")
     parser.add_argument("--val", required=True)
     parser.add_argument("--val-split")
-    parser.add_argument("--methods", default="max,percentile,entropy", help=f"comma list of {METHODS}")
+    parser.add_argument("--methods", default="max,percentile,entropy", help=f"comma list of {CALIBRATION_METHODS}")
     parser.add_argument("--calib-count", type=int, default=512)
     parser.add_argument("--synthetic", metavar="PATH|shipped",
                         help="also calibrate on this unlabelled synthetic set ('shipped': the set fer-export --int8 "

@@ -23,7 +23,7 @@ import numpy as np
 
 from fer_edge.runtime.errors import FerEdgeError
 
-METHODS = ("entropy", "max", "percentile")
+CALIBRATION_METHODS = ("entropy", "max", "percentile")
 TARGETS = ("tensorrt", "cpu")
 QUANTIZED_OP_TYPES = ("Conv", "Gemm", "Add")
 RECIPE = "conv-gemm-add/v1"  # bump when the calibrated tensor set changes (part of the cache key)
@@ -72,8 +72,8 @@ def compute_ranges(fp32_onnx: bytes, input_name: str, tensors: np.ndarray, metho
                    progress: Optional[Callable[[int], None]] = None) -> Dict[str, Tuple[float, float]]:
     """Activation ranges (symmetric) of every tensor around the quantized op types, on calibration tensors."""
     from onnxruntime.quantization.calibrate import create_calibrator
-    if method not in METHODS:
-        raise FerEdgeError(f"--calib-method {method!r}: choose one of {METHODS}")
+    if method not in CALIBRATION_METHODS:
+        raise FerEdgeError(f"--calib-method {method!r}: choose one of {CALIBRATION_METHODS}")
     options = {"symmetric": True}
     if method == "entropy":
         options.update(num_bins=2048, num_quantized_bins=128)  # quantize_static itself would histogram with 128 bins

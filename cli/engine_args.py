@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 from fer_edge.export.engine_build import (HARDWARE_COMPAT_LEVELS, PRESETS, build_engine, import_builder,
-                                          options_with_preset, parse_batch)
+                                          options_with_preset)
 
 
 ENGINE_EXAMPLES = """engine examples (TensorRT >= 10 or tensorrt-rtx; run on the target GPU/Jetson):
@@ -16,13 +16,26 @@ ENGINE_EXAMPLES = """engine examples (TensorRT >= 10 or tensorrt-rtx; run on the
 """
 
 
+def batch_profile(text: str) -> Tuple[int, int, int]:
+    """--batch: '1:8:32' -> (1, 8, 32); '4' -> (4, 4, 4). Order and range are BuildOptions' to check."""
+    try:
+        parts = tuple(int(p) for p in text.split(":"))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N or MIN:OPT:MAX, e.g. 1:8:32")
+    return parts  # type: ignore[return-value]
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "TensorRT engine", "build a serialized engine (strongly typed: the ONNX's own FP32/FP16/INT8 Q/DQ precision)")
     group.add_argument("--engine", action="store_true",
                        help="build a TensorRT engine (+ <engine>.json sidecar) from the exported ONNX, or from --onnx")
     group.add_argument("--onnx", metavar="PATH", help="build from this existing fer-edge ONNX instead of exporting")
-    group.add_argument("--batch", metavar="MIN:OPT:MAX",
+    group.add_argument("--batch", type=batch_profile, metavar="MIN:OPT:MAX",
                        help="optimisation profile for the batch dim (default 1:8:32; N = static batch N)")
     group.add_argument("--preset", choices=sorted(PRESETS),
                        help="latency: static batch 1; jetson-lowmem: batch 1, 512 MB workspace, opt-level 2")
@@ -41,7 +54,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def engine_options(args: argparse.Namespace):
     return options_with_preset(
-        args.preset, batch=parse_batch(args.batch) if args.batch else None, workspace_mb=args.workspace,
+        args.preset, batch=args.batch, workspace_mb=args.workspace,
         opt_level=args.opt_level, hardware_compat=args.hardware_compat, dla_core=args.dla,
         timing_cache=args.timing_cache, version_compatible=args.version_compatible or None)
 

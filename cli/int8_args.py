@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from fer_edge.calibration.int8_export import (CalibrationSet, DEFAULT_METHOD, Int8Options, export_int8,
                                               load_calibration, resolve_calibration)
-from fer_edge.calibration.quantize import METHODS, TARGETS
+from fer_edge.calibration.quantize import CALIBRATION_METHODS, TARGETS
 from fer_edge.calibration.sources import DEFAULT_FRAME_STEP
 from fer_edge.models.artifact_writer import check_output_folder
 from fer_edge.runtime.contract import ModelContract
@@ -56,7 +56,7 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--calib-split", metavar="SPLIT", help="split of a csv/npz calibration source, e.g. Training")
     group.add_argument("--calib-count", type=_positive_int, default=512, metavar="N",
                        help="calibration images, stratified by class when labelled (default 512)")
-    group.add_argument("--calib-method", choices=METHODS, default=DEFAULT_METHOD,
+    group.add_argument("--calib-method", choices=CALIBRATION_METHODS, default=DEFAULT_METHOD,
                        help=f"activation range method (default {DEFAULT_METHOD}; entropy uses 2048 bins)")
     group.add_argument("--calib-seed", type=int, default=0, metavar="N", help="sampling seed (default 0)")
     group.add_argument("--calib-frame-step", type=_positive_int, default=DEFAULT_FRAME_STEP, metavar="N",

@@ -70,6 +70,10 @@ PRESETS: Dict[str, Dict[str, object]] = {
 DEFAULT_BATCH = (1, 8, 32)
 
 
+class BuildOptionsError(FerEdgeError, ValueError):
+    """Engine build options that cannot work; each is named as a BuildOptions field and as its fer-export flag."""
+
+
 @dataclass
 class BuildOptions:
     batch: Tuple[int, int, int] = DEFAULT_BATCH     # optimisation profile min:opt:max
@@ -84,30 +88,20 @@ class BuildOptions:
     def validate(self) -> "BuildOptions":
         lo, opt, hi = self.batch
         if not 1 <= lo <= opt <= hi:
-            raise ContractError(f"--batch {lo}:{opt}:{hi}: need 1 <= min <= opt <= max, e.g. 1:8:32 (or 1:1:1)")
+            raise BuildOptionsError(f"batch profile {lo}:{opt}:{hi} (--batch): need 1 <= min <= opt <= max, "
+                                    "e.g. 1:8:32 (or 1:1:1)")
         if self.opt_level is not None and not 0 <= self.opt_level <= 5:
-            raise ContractError(f"--opt-level {self.opt_level}: must be 0..5")
+            raise BuildOptionsError(f"opt_level {self.opt_level} (--opt-level): must be 0..5")
         if self.workspace_mb is not None and self.workspace_mb < 16:
-            raise ContractError(f"--workspace {self.workspace_mb} MB is too small; use at least 16 (Jetson: 256-1024)")
+            raise BuildOptionsError(f"workspace_mb {self.workspace_mb} (--workspace) is too small; use at least 16 "
+                                    "(Jetson: 256-1024)")
         if self.hardware_compat not in HARDWARE_COMPAT_LEVELS:
-            raise ContractError(f"--hardware-compat {self.hardware_compat!r}: choose one of {HARDWARE_COMPAT_LEVELS}")
+            raise BuildOptionsError(f"hardware_compat {self.hardware_compat!r} (--hardware-compat): choose one of "
+                                    f"{HARDWARE_COMPAT_LEVELS}")
         if self.dla_core is not None and (lo, opt) != (hi, hi):
-            raise ContractError(f"--dla needs a static batch (min=opt=max) but --batch is {lo}:{opt}:{hi}; "
-                                "add --preset latency or --batch 1:1:1")
+            raise BuildOptionsError(f"dla_core (--dla) needs a static batch (min=opt=max) but the batch profile is "
+                                    f"{lo}:{opt}:{hi}; use --preset latency or --batch 1:1:1")
         return self
-
-
-def parse_batch(text: str) -> Tuple[int, int, int]:
-    """'1:8:32' -> (1, 8, 32); '4' -> (4, 4, 4)."""
-    try:
-        parts = [int(p) for p in str(text).split(":")]
-    except ValueError:
-        raise ContractError(f"--batch {text!r}: expected N or min:opt:max, e.g. 1:8:32") from None
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3:
-        raise ContractError(f"--batch {text!r}: expected N or min:opt:max, e.g. 1:8:32")
-    return tuple(parts)  # type: ignore[return-value]
 
 
 def options_with_preset(preset: Optional[str], **explicit) -> BuildOptions:
@@ -115,7 +109,7 @@ def options_with_preset(preset: Optional[str], **explicit) -> BuildOptions:
     values: Dict[str, object] = {}
     if preset:
         if preset not in PRESETS:
-            raise ContractError(f"--preset {preset!r}: choose one of {sorted(PRESETS)}")
+            raise BuildOptionsError(f"preset {preset!r} (--preset): choose one of {sorted(PRESETS)}")
         values.update(PRESETS[preset])
     values.update({k: v for k, v in explicit.items() if v is not None})
     return BuildOptions(preset=preset, **values).validate()

@@ -16,7 +16,7 @@ from typing import Deque, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-METHODS = ("ema", "window", "none")
+SMOOTHING_METHODS = ("ema", "window", "none")
 
 
 @dataclass
@@ -28,8 +28,8 @@ class SmoothingConfig:
     hold: int = 2
 
     def validate(self) -> "SmoothingConfig":
-        if self.method not in METHODS:
-            raise ValueError(f"smoothing method {self.method!r} is unknown; choose one of {METHODS}")
+        if self.method not in SMOOTHING_METHODS:
+            raise ValueError(f"smoothing method {self.method!r} is unknown; choose one of {SMOOTHING_METHODS}")
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"EMA alpha must be in (0, 1] (1 = no smoothing), got {self.alpha}")
         if self.window < 1:

@@ -181,19 +181,24 @@ def test_cli_refuses_bad_engine_options(tmp_path, capsys):
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"0")
     assert main(["--engine", "--onnx", str(onnx), "--dla", "0"]) == 2
-    assert "--dla needs a static batch" in capsys.readouterr().err
+    assert "(--dla) needs a static batch" in capsys.readouterr().err
 
 
 def test_build_options_presets_and_batch_parsing():
-    from fer_edge.export.engine_build import options_with_preset, parse_batch
-    assert parse_batch("1:8:32") == (1, 8, 32) and parse_batch("4") == (4, 4, 4)
-    for bad in ("1:2", "a:b:c", "8:4:16", "0:1:1"):
-        with pytest.raises(ContractError):
-            options_with_preset(None, batch=parse_batch(bad))
+    import argparse
+    from fer_edge.cli.engine_args import batch_profile
+    from fer_edge.export.engine_build import BuildOptionsError, options_with_preset
+    assert batch_profile("1:8:32") == (1, 8, 32) and batch_profile("4") == (4, 4, 4)
+    for bad in ("1:2", "a:b:c"):
+        with pytest.raises(argparse.ArgumentTypeError, match="MIN:OPT:MAX"):
+            batch_profile(bad)
+    for bad in ("8:4:16", "0:1:1"):
+        with pytest.raises(BuildOptionsError, match=r"batch profile .* \(--batch\): need 1 <= min <= opt <= max"):
+            options_with_preset(None, batch=batch_profile(bad))
     low = options_with_preset("jetson-lowmem")
     assert (low.batch, low.workspace_mb, low.opt_level) == ((1, 1, 1), 512, 2)
     assert options_with_preset("jetson-lowmem", workspace_mb=1024).workspace_mb == 1024  # explicit wins
-    with pytest.raises(ContractError, match="opt-level"):
+    with pytest.raises(BuildOptionsError, match=r"opt_level 7 \(--opt-level\)"):
         options_with_preset(None, opt_level=7)
 
 

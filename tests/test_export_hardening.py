@@ -200,7 +200,7 @@ def test_missing_inputs_fail_fast_and_write_nothing(tmp_path, untrained_ckpt, ca
          "--parity-data " + str(tmp_path / "faces.npz") + ": no such file or folder"),
         (["--checkpoint", untrained_ckpt, "--parity-count", "0"], "--parity-count 0: must be 1 or more"),
         (["--checkpoint", untrained_ckpt, "--int8", "--calib", tmp_path / "calib"], "--calib PATH"),
-        (["--checkpoint", untrained_ckpt, "--engine", "--batch", "8:4:1"], "--batch 8:4:1: need 1 <= min"),
+        (["--checkpoint", untrained_ckpt, "--engine", "--batch", "8:4:1"], "batch profile 8:4:1 (--batch): need 1 <= min"),
     ]
     for argv, needle in cases:
         line, seconds = run_export_cli(argv + ["--out", out], capsys)

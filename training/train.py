@@ -22,10 +22,9 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-
+from fer_edge.data.paths import REPO_ROOT
 from fer_edge.training.data import DEFAULT_DATA_DIR, Split, class_weights, load_split, make_contract, prepare_tensor
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_top1", "val_macro_f1", "val_loss",
                   "best_top1", "epoch_time_s", "wall_time_s"]
 
