@@ -13,7 +13,6 @@ from fer_edge.cli_support import new_parser, run_cli
 from fer_edge.models.checkpoint import load_checkpoint
 from fer_edge.runtime.errors import FerEdgeError
 # training.train imports torch only inside its functions, so _passive_omp below still runs before torch loads.
-
 from fer_edge.training import train as T
 
 TRAIN_DOC = """Train timm tf_efficientnetv2_b0 from scratch on FER-2013 and ship the reference model.

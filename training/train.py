@@ -1,10 +1,5 @@
-"""fer-train: train timm tf_efficientnetv2_b0 from scratch on FER-2013 and ship the reference model.
-
-    fer-train --config training/config_cpu.json             # train (CPU recipe); --resume RUN/last.pt to continue
-    fer-train --config training/config_default.json         # train (GPU recipe)
-    fer-train ship --checkpoint RUN/best.pt --out models/reference_model/fer2013_tf_efficientnetv2_b0.safetensors
-    fer-train eval --weights FILE.{pt,safetensors} --report-prefix benchmarks/results/training_publictest
-    fer-train speed --sizes 48 64 96                        # step time / latency per input size
+"""The reference-model recipe: config, model, data, the training loop, evaluation on PublicTest, shipping the
+fp16 safetensors, and the per-size speed probe. Its command line is `fer-train` (fer_edge.cli.train).
 
 Checkpoint selection uses the FER-2013 PublicTest split only (there is no PrivateTest here).
 """
