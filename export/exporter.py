@@ -11,7 +11,7 @@ from fer_edge.data.datasets import FaceSet, default_fer2013_publictest, load_fac
 from fer_edge.export import onnx_export, parity
 from fer_edge.models.artifact_writer import (ExportError, artifact_name, check_output_folder, embed_contract,
                                              graph_summary, remove_stale_temp_files, write_export_artifact)
-from fer_edge.models.checkpoint import Checkpoint
+from fer_edge.models.checkpoint import Checkpoint, require_export_stack
 from fer_edge.models.factory import build_from_checkpoint, model_contract, read_checkpoint
 from fer_edge.runtime.artifact_io import sidecar_path
 from fer_edge.runtime.contract import ModelContract
@@ -62,7 +62,8 @@ def check_export_inputs(checkpoint: Optional[str] = None, arch: Optional[str] = 
                         parity_split: Optional[str] = None, parity_count: Optional[int] = None,
                         log: Callable[[str], None] = print, allow_pickle: bool = False,
                         **contract_options) -> ExportInputs:
-    """Check and read every input of an export: output folder, checkpoint, arch fit, contract, parity faces."""
+    """Check and read every input of an export: packages, output folder, checkpoint, arch fit, contract, parity faces."""
+    require_export_stack("fer-export")
     out = check_output_folder(out_dir)
     ckpt = read_checkpoint(checkpoint, allow_pickle)
     contract = model_contract(ckpt, arch, img_size, labels, **contract_options)

@@ -1,14 +1,13 @@
 """The bundled reference model as an FP32 ONNX in the user's cache, exported on first use (fer-demo, benchmarks)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 from fer_edge.export.exporter import export_model
-from fer_edge.models.checkpoint import REFERENCE_MODEL
+from fer_edge.models.checkpoint import REFERENCE_MODEL, require_export_stack
 from fer_edge.runtime.artifact_io import sha256_file
-from fer_edge.runtime.errors import FerEdgeError
+from fer_edge.runtime.errors import BackendUnavailableError, FerEdgeError
 
 
 def cache_dir() -> Path:
@@ -19,10 +18,11 @@ def cache_dir() -> Path:
 
 def reference_model_path(log=print) -> Path:
     """The bundled reference model as FP32 ONNX in the user cache, exported on first use."""
-    if not all(importlib.util.find_spec(m) for m in ("torch", "timm", "onnx")):
-        raise FerEdgeError("no --model given, and exporting the bundled reference model needs the [export] extra "
-                           "(torch, timm, onnx), which is not installed. Either pip install 'fer-edge[export]', or "
-                           "export once on another machine with `fer-export` and pass --model model.onnx.")
+    try:
+        require_export_stack("no --model given, and exporting the bundled reference model")
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(f"{exc}; or export once on another machine with `fer-export` and pass "
+                                      "--model model.onnx") from None
     if not REFERENCE_MODEL.exists():
         raise FerEdgeError(f"the bundled reference model {REFERENCE_MODEL} is missing; reinstall fer-edge or pass --model")
     folder = cache_dir() / f"reference-{sha256_file(REFERENCE_MODEL)[:12]}"

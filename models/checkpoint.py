@@ -6,6 +6,7 @@ header under the 'fer_edge' metadata key. torch is imported inside functions: th
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from fer_edge.runtime.artifact_io import sha256_file
-from fer_edge.runtime.errors import FerEdgeError
+from fer_edge.runtime.errors import BackendUnavailableError, FerEdgeError
 from fer_edge.data.labels import LABEL_SETS
 
 CHECKPOINT_FORMAT = "fer_edge.checkpoint.v1"
@@ -25,6 +26,21 @@ REQUIRED_KEYS = ("format", "arch", "img_size", "in_chans", "labels", "mean", "st
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "state_dict_ema", "model_ema", "ema")
 _PREFIXES = ("module.", "model.", "_orig_mod.")
 REFERENCE_MODEL = Path(__file__).resolve().parent / "reference_model" / "fer2013_tf_efficientnetv2_b0.safetensors"
+
+
+# What reading checkpoints and building models need: the [export] extra, with the CPU build of torch pinned first
+# (unpinned, pip pulls several GB of CUDA wheels).
+EXPORT_STACK = ("torch", "timm", "safetensors", "onnx", "onnxslim")
+EXPORT_INSTALL = "pip install torch==2.13.0 torchvision==0.28.0 && pip install 'fer-edge[export]'"
+
+
+def require_export_stack(purpose: str, modules=EXPORT_STACK) -> None:
+    """Refuse early, with the install command, when the packages a toolchain step needs are missing; otherwise the
+    first symptom is an ImportError deep inside, or a checkpoint reported as corrupt."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendUnavailableError(f"{purpose} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                                      f"not installed (the [export] extra): {EXPORT_INSTALL}")
 
 
 class CheckpointError(FerEdgeError, ValueError):
@@ -175,6 +191,7 @@ def load_checkpoint(path, allow_pickle: bool = False) -> Checkpoint:
     """Load weights without executing code: torch.load(weights_only=True) or safetensors."""
     path = Path(path)
     _check_readable(path)
+    require_export_stack(f"reading the checkpoint {path.name}", ("torch", "safetensors"))
     if path.suffix.lower() == ".safetensors":
         state, meta = read_safetensors(path)
     else:

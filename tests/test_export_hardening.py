@@ -474,3 +474,18 @@ def test_fer_demo_errors_exit_2(capsys):
     from fer_edge.cli.demo import main
     line = cli_error(capsys, main(["clip.mp4", "--max-frames", "0"]))
     assert line == "fer-demo: error: --max-frames must be >= 1"
+
+
+def test_missing_export_extra_is_named_with_its_install_command_not_as_a_corrupt_file(tmp_path, capsys, monkeypatch):
+    """A runtime-only install (no torch/safetensors) used to report the bundled weights as a corrupt file."""
+    import importlib.util
+    from fer_edge.models import checkpoint
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(checkpoint.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("torch", "safetensors") else real_find_spec(name, *a))
+    line, _ = run_export_cli(["--out", tmp_path / "out"], capsys)
+    assert "needs torch, safetensors" in line and "pip install torch==2.13.0" in line and "fer-edge[export]" in line
+    assert "corrupt" not in line and not (tmp_path / "out").exists()
+    with pytest.raises(checkpoint.BackendUnavailableError, match="reading the checkpoint w.pt needs torch"):
+        (tmp_path / "w.pt").write_bytes(b"weights")
+        checkpoint.load_checkpoint(tmp_path / "w.pt")
