@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-import types
 
 import cv2
 import numpy as np
 import pytest
 
 from conftest import FER2013_LABELS, PUBLICTEST_NPZ, has_torch_stack, needs_export_stack, needs_shared, synthetic_faces
+from fer_edge.benchmarks import fer_bench
 from fer_edge.cli import bench as cli
 from fer_edge.data.metrics import agreement, classification_metrics
 from fer_edge.benchmarks.latency import SUMMARY_KEYS, measure_model, percentile, run_interleaved, summarize
@@ -139,7 +138,7 @@ def test_bench_timed_run_stages_and_bench_settings(exported):
     for batch in ("1", "4"):
         assert {"end_to_end", "inference", "gpu_compute", "h2d"} <= set(latency[batch])
         assert latency[batch]["gpu_compute"]["median"] == 1.5 and latency[batch]["h2d"]["max"] == 0.25
-    assert cli._model_entry(model, model.backend.bench_settings)["bench_settings"] == {"cuda_graph": False}
+    assert fer_bench.model_entry(model, model.backend.bench_settings)["bench_settings"] == {"cuda_graph": False}
 
 
 @needs_shared
@@ -199,12 +198,9 @@ def test_engine_without_tensorrt_names_the_fix(tmp_path, capsys):
     assert "tensorrt" in err.lower() and "pip install" in err
 
 
-def test_pipeline_extension_point(monkeypatch):
+def test_pipeline_flag_dispatches_to_the_pipeline_benchmark(monkeypatch):
     calls = []
-    module = types.ModuleType(cli.PIPELINE_MODULE)
-    module.add_arguments = lambda parser: parser.add_argument("--pipeline", metavar="SOURCE")
-    module.run = lambda args: calls.append(args.pipeline) or 0
-    monkeypatch.setitem(sys.modules, cli.PIPELINE_MODULE, module)
+    monkeypatch.setattr(cli.pipeline_bench, "run", lambda args: calls.append(args.pipeline) or 0)
     assert cli.main(["--pipeline", "video.mp4"]) == 0
     assert calls == ["video.mp4"]
 
