@@ -14,9 +14,9 @@ import argparse
 import sys
 import time
 
-from fer_edge.runtime.errors import FerEdgeError
-from fer_edge.pipeline.fer_pipeline import FerPipeline
+from fer_edge.pipeline import FerPipeline
 from fer_edge.pipeline.video_io import open_source
+from fer_edge.runtime.errors import FerEdgeError
 
 
 def react(track_id: int, emotion: str, confidence: float) -> None:
