@@ -21,6 +21,8 @@ TRAIN_DOC = """Train timm tf_efficientnetv2_b0 from scratch on FER-2013 and ship
     fer-train --config training/config_default.json         # train (GPU recipe)
     fer-train ship --checkpoint RUN/best.pt --out models/reference_model/fer2013_tf_efficientnetv2_b0.safetensors
     fer-train eval --weights FILE.{pt,safetensors} --report-prefix benchmarks/results/training_publictest
+    fer-train speed                                         # images/s: old CPU path vs fast path, side by side
+    fer-train speed --loss-check 300                        # ... and the loss curves of both from one seed
     fer-train speed --sizes 48 64 96                        # step time / latency per input size
 
 Checkpoint selection uses the FER-2013 PublicTest split only (there is no PrivateTest here).
@@ -65,11 +67,21 @@ def build_sub_parser(sub: str) -> argparse.ArgumentParser:
         p.add_argument("--weights", required=True)
         p.add_argument("--report-prefix", default=None)
     else:
-        p.add_argument("--sizes", type=int, nargs="+", default=[48, 64, 96])
-        p.add_argument("--batch", type=int, default=64)
-        p.add_argument("--steps", type=int, default=5)
+        p.add_argument("--sizes", type=int, nargs="+", default=None,
+                       help="per-size probe (step time, latency) instead of the configuration comparison")
+        p.add_argument("--batch", type=int, default=64, help="--sizes probe only")
+        p.add_argument("--steps", type=int, default=5, help="--sizes probe only")
         p.add_argument("--threads", type=int, default=2)
-        p.add_argument("--out-csv", default=None)
+        p.add_argument("--out-csv", default=None, help="--sizes probe only")
+        p.add_argument("--img-size", type=int, default=48)
+        p.add_argument("--rounds", type=int, default=5, help="round-robin rounds (each: one block per configuration)")
+        p.add_argument("--block", type=int, default=5, help="timed steps per configuration per round")
+        p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration (compilation)")
+        p.add_argument("--loss-check", type=int, default=0, metavar="STEPS",
+                       help="also train old and fast path STEPS steps from one seed and compare the loss curves")
+        p.add_argument("--no-speed", action="store_true", help="with --loss-check: skip the speed table")
+        p.add_argument("--out-prefix", default=None,
+                       help="results prefix (.json/.md); default benchmarks/results/train_speed_cpu")
     return p
 
 
@@ -127,9 +139,31 @@ def _run_sub(sub: str, argv: List[str]) -> int:
         print(json.dumps(s))
         if a.report_prefix:
             T.write_publictest_report(cm, meta, a.report_prefix, f"{meta['arch']} {meta['img_size']}px ({Path(a.weights).name})")
-    else:
+    elif a.sizes:
         T.speed(a.sizes, a.batch, a.steps, a.threads, out_csv=a.out_csv)
+    else:
+        _run_speed_comparison(a, "fer-train speed " + " ".join(argv))
     return 0
+
+
+def _run_speed_comparison(a: argparse.Namespace, command: str) -> None:
+    from fer_edge.training import speed as S
+    prefix = a.out_prefix or S.RESULTS_PREFIX
+    if not a.no_speed:
+        machine = S.machine_info(a.threads)  # load average before the run, not caused by it
+        rows = S.measure(size=a.img_size, block=a.block, rounds=a.rounds, warmup=a.warmup, threads=a.threads)
+        print("\n".join(S.format_table(rows)), flush=True)
+        path = S.write_results({"speed": {"command": command, "machine": machine, "img_size": a.img_size,
+                                          "rounds": a.rounds, "block": a.block, "warmup": a.warmup, "rows": rows}},
+                               prefix)
+        print(f"wrote {path} and .md", flush=True)
+    if a.loss_check:
+        check = S.loss_check(steps=a.loss_check, size=a.img_size, threads=a.threads, data_dir=a.data_dir)
+        check["command"] = command
+        print(f"loss check: max |window-mean difference| {check['max_abs_diff_windowed']} "
+              f"(tolerance {check['tolerance']}): {'PASS' if check['passed'] else 'FAIL'}", flush=True)
+        path = S.write_results({"loss_check": check}, prefix)
+        print(f"wrote {path} and .md", flush=True)
 
 
 def _run_train(argv: List[str], command: str) -> int:

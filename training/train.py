@@ -19,9 +19,14 @@ import numpy as np
 
 from fer_edge.data.paths import REPO_ROOT
 from fer_edge.training.data import DEFAULT_DATA_DIR, Split, class_weights, load_split, make_contract, prepare_tensor
+from fer_edge.training.fastpath import (compile_model, effective_lr, first_step_or_eager, new_adamw, param_groups,
+                                        to_channels_last, use_channels_last, want_compile)
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_top1", "val_macro_f1", "val_loss",
                   "best_top1", "epoch_time_s", "wall_time_s"]
+
+# How fast, not what is learned: these may differ on resume (the run's saved recipe keeps everything else).
+SPEED_KEYS = ("channels_last", "compile", "fused_optimizer", "foreach_ema")
 
 DEFAULTS: Dict[str, Any] = json.loads((Path(__file__).resolve().parent / "config_cpu.json").read_text())
 
@@ -155,6 +160,54 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------- train
+class TrainStep:
+    """One optimisation step: forward (compiled or eager), weighted label-smoothed CE (mixed when lam < 1),
+    backward, gradient clipping, optimizer step, EMA update. Shared by train() and `fer-train speed`, so the
+    speed table times the trainer's own step."""
+
+    def __init__(self, model, forward, optimizer, ema, scaler=None, class_weight=None, label_smoothing: float = 0.0,
+                 grad_clip: float = 0.0, use_amp: bool = False, amp_dtype=None):
+        import torch
+        self.model, self.forward, self.optimizer, self.ema = model, forward, optimizer, ema
+        self.scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
+        self.class_weight, self.label_smoothing, self.grad_clip = class_weight, label_smoothing, grad_clip
+        self.use_amp, self.amp_dtype = use_amp, amp_dtype or torch.bfloat16
+        self.started = False
+
+    def logits(self, xb):
+        import torch
+        with torch.autocast(device_type=xb.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            if self.started:
+                return self.forward(xb)
+            self.started = True  # a lazily failing torch.compile surfaces here, once
+            self.forward, out = first_step_or_eager(self.forward, self.model, xb)
+            return out
+
+    def loss(self, logits, ya, yb2, lam: float):
+        import torch.nn.functional as F
+        kw = {"weight": self.class_weight, "label_smoothing": self.label_smoothing}
+        loss = lam * F.cross_entropy(logits, ya, **kw)
+        if lam < 1.0:
+            loss = loss + (1 - lam) * F.cross_entropy(logits, yb2, **kw)
+        return loss
+
+    def __call__(self, xb, ya, yb2=None, lam: float = 1.0):
+        """(logits as fp32, loss) after one full step."""
+        import torch
+        logits = self.logits(xb).float()
+        loss = self.loss(logits, ya, yb2, lam)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return logits, loss
+
+
 def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: Optional[Split] = None,
           resume: Optional[str] = None, data_dir: Optional[str] = None, command: str = "",
           stop_after: Optional[int] = None, resume_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -163,7 +216,6 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
     stop_after: leave after this many epochs of this call (the schedule still spans cfg['epochs']); resume later.
     """
     import torch
-    import torch.nn.functional as F
     from fer_edge.training.augment import AugmentConfig, augment_batch, mix_batch
     from fer_edge.models.checkpoint import CHECKPOINT_FORMAT, load_training_state, save_checkpoint
     from fer_edge.training.ema import ModelEma
@@ -175,7 +227,7 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
         saved = dict(state["config"])
         # Keep the run's recipe. Only these may change on resume: where to write, threads, device, logging
         # and (explicitly, via resume_overrides) the epoch count, which stretches or shortens the cosine tail.
-        for key in ("out_dir", "threads", "device", "log_every", "eval_batch_size"):
+        for key in ("out_dir", "threads", "device", "log_every", "eval_batch_size") + SPEED_KEYS:
             saved[key] = cfg.get(key, saved.get(key))
         for key, value in (resume_overrides or {}).items():
             if key not in ("epochs",):
@@ -189,7 +241,7 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
     torch.manual_seed(int(cfg["seed"]))
     device = pick_device(cfg["device"])
     cuda = device.type == "cuda"
-    channels_last = cuda if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
+    channels_last = use_channels_last(cfg["channels_last"], device)
     use_amp = cuda if cfg["amp"] == "auto" else bool(cfg["amp"]) and cuda
     amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
     if cuda:
@@ -226,23 +278,27 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
                                cfg.get("zero_init_head", False)).to(device)  # runs saved before the option: off
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = ModelEma(model, cfg["ema_decay"])
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg["lr"])
+    ema = ModelEma(model, cfg["ema_decay"], foreach=bool(cfg.get("foreach_ema", False)))
+    lr = effective_lr(cfg)
+    optimizer, opt_note = new_adamw(param_groups(model, cfg["weight_decay"]), lr,
+                                    bool(cfg.get("fused_optimizer", False)), device)
     bs = int(cfg["batch_size"])
     steps_per_epoch = max(1, len(train_split) // bs)
     total_steps = int(cfg["epochs"]) * steps_per_epoch
+    forward, compile_note = compile_model(model, want_compile(cfg.get("compile", False), total_steps), device)
     warmup_steps = int(round(float(cfg["warmup_epochs"]) * steps_per_epoch))
-    min_ratio = float(cfg["min_lr"]) / float(cfg["lr"])
+    min_ratio = float(cfg["min_lr"]) / lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, min_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     cw = torch.as_tensor(class_weights(counts, cfg["class_weight_power"]) if cfg["class_weight_power"] else
                          np.ones(len(labels), np.float32), device=device)
     aug = AugmentConfig.from_dict(cfg["augment"])
+    step = TrainStep(model, forward, optimizer, ema, scaler, cw, float(cfg["label_smoothing"]),
+                     float(cfg["grad_clip"]), use_amp, amp_dtype)
+    print(f"speed: batch {bs}, lr {lr:.3g}" + (f" (lr {cfg['lr']} at batch {cfg['lr_reference_batch']}, scaled "
+          "linearly)" if cfg.get("lr_reference_batch") else "") + f"; {'channels_last' if channels_last else 'NCHW'}, "
+          f"{opt_note}, {'foreach' if ema.foreach else 'loop'} EMA, {compile_note}", flush=True)
 
     start_epoch, best_top1, history, wall_prev = 0, -1.0, [], 0.0
     if state is not None:
@@ -285,23 +341,8 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
             xb, yb = x_train[idx].to(device, non_blocking=True), y_train[idx].to(device, non_blocking=True)
             xb = augment_batch(xb, aug, value_range)
             xb, ya, yb2, lam = mix_batch(xb, yb, aug)
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(xb)
-            logits = logits.float()
-            loss = lam * F.cross_entropy(logits, ya, weight=cw, label_smoothing=cfg["label_smoothing"])
-            if lam < 1.0:
-                loss = loss + (1 - lam) * F.cross_entropy(logits, yb2, weight=cw, label_smoothing=cfg["label_smoothing"])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg["grad_clip"]:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
+            logits, loss = step(to_channels_last(xb, channels_last), ya, yb2, lam)
             scheduler.step()
-            ema.update(model)
             loss_sum += float(loss.detach()) * xb.shape[0]
             correct += int((logits.argmax(1) == ya).sum())
             seen += xb.shape[0]
