@@ -30,7 +30,6 @@ from fer_edge.runtime.errors import DataError
 from fer_edge.runtime.preprocess import prepare_batch
 
 
-
 def int8_qdq(fp32: Path, contract, out: Path, faces) -> Path:
     """The Q/DQ graph fer-export --int8 writes (same quantizer, target and method), minus the gate."""
     fp32_bytes = fp32.read_bytes()

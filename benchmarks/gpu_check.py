@@ -26,7 +26,6 @@ from fer_edge.runtime import load
 from fer_edge.runtime.errors import BackendUnavailableError, FerEdgeError
 
 
-
 PROG = "python -m fer_edge.benchmarks.gpu_check"
 EXAMPLES = """examples:
   fer-export --fp16 && fer-export --int8 --calib ../shared/data/fer2013/fer2013_train_1of2.npz --calib-split Training

@@ -32,8 +32,6 @@ from fer_edge.runtime.errors import FerEdgeError
 from fer_edge.runtime.onnx_backend import ort_session
 
 
-
-
 def measure_cpu_latency(models: Dict[str, bytes], channels: int, size: int, batches=(1, 32), threads: int = 2,
                         rounds: Dict[int, int] = None) -> List[Dict[str, object]]:
     """ONNX Runtime CPU median/p90 ms per model and batch, interleaved round-robin (benchmarks/latency) so noise

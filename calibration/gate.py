@@ -17,7 +17,6 @@ from fer_edge.runtime.errors import FerEdgeError
 from fer_edge.runtime.onnx_backend import ort_session
 
 
-
 EVAL_BATCH = 64
 SENSITIVITY_SUBSET = 256
 

@@ -25,7 +25,6 @@ from fer_edge.runtime.errors import ContractError, DataError
 from fer_edge.runtime.preprocess import prepare_batch
 
 
-
 DEFAULT_METHOD = "percentile"
 PREPROCESS_CHUNK = 256
 

@@ -24,7 +24,6 @@ from fer_edge.pipeline.video_io import IMAGE_SUFFIXES, open_source
 from fer_edge.runtime.errors import FerEdgeError
 
 
-
 # Output suffix -> the fourcc cv2.VideoWriter writes it with.
 VIDEO_WRITER_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 

@@ -13,7 +13,6 @@ from fer_edge.models.artifact_writer import check_output_folder
 from fer_edge.runtime.contract import ModelContract
 
 
-
 INT8_EXAMPLES = """int8 examples:
   fer-export --int8                                  # bundled model, shipped synthetic calibration set
   fer-export --int8 --calib ../shared/data/fer2013/fer2013_train_1of2.npz --calib-split Training \\
