@@ -34,6 +34,7 @@ class BenchOptions:
     limit: Optional[int] = None
     eval_batch: int = 256
     unknown_classes: str = "error"
+    npz_labels: str = "y"                       # "ferplus": score the FER+ majority vote of an npz
     label_map: Optional[Dict[str, str]] = None
     report_dir: Optional[Path] = None
     progress: bool = True
@@ -77,7 +78,8 @@ def _evaluate(models, entries, options: "BenchOptions", log) -> Optional[object]
         key = tuple(model.labels)
         if key not in cache:  # models with another label order get the targets in their own order
             cache[key] = load_faces(options.data, labels=model.labels, split=options.split, limit=options.limit,
-                                    label_map=options.label_map, unknown_classes=options.unknown_classes)
+                                    label_map=options.label_map, unknown_classes=options.unknown_classes,
+                                    npz_labels=options.npz_labels)
             for note in data_notes(cache[key]):
                 log(note)
         faces = cache[key]
@@ -126,6 +128,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
                 "duration_s": options.duration, "threads": options.threads, "latency_faces": crop_source,
                 "data": options.data, "split": options.split, "limit": options.limit, "eval_batch": options.eval_batch,
                 "reference": str(models[0].path), "unknown_classes": options.unknown_classes,
+                "npz_labels": options.npz_labels,
                 "label_map": options.label_map,
                 "schedule": (f"models timed round-robin: per batch size, each round runs every model in turn, a block "
                              f"of end_to_end calls then a block of inference calls ({SETTLE_CALLS} untimed + up to "

@@ -11,7 +11,7 @@ from fer_edge.benchmarks import pipeline_bench
 from fer_edge.benchmarks.fer_bench import BenchOptions, load_lines, run_benchmark
 from fer_edge.benchmarks.report import markdown_table, warning_lines
 from fer_edge.cli_support import new_parser, run_cli
-from fer_edge.data.datasets import UNKNOWN_CLASS_POLICIES
+from fer_edge.data.datasets import NPZ_LABEL_SOURCES, UNKNOWN_CLASS_POLICIES
 from fer_edge.data.labels import parse_label_map
 from fer_edge.runtime.errors import FerEdgeError
 
@@ -27,6 +27,7 @@ EXAMPLES = """examples:
   fer-bench a_fp32.onnx --engine a_fp16.engine --duration 3 --warmup 20
   fer-bench a_fp32.onnx --data ckplus_folders/ --unknown-classes drop      # skip e.g. 'contempt' faces
   fer-bench a_fp32.onnx --data ckplus_folders/ --label-map contempt=neutral
+  fer-bench ferplus_fp32.onnx --data ../shared/data/fer2013/fer2013_publictest.npz --npz-labels ferplus
 
 The FIRST model is the reference for top-1 agreement. Latency uses real crops from --data when given,
 else random uint8 48x48 crops; all models are timed round-robin in blocks, so they share the machine's load.
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--unknown-classes", choices=UNKNOWN_CLASS_POLICIES, default="error",
                      help="faces of a class the model lacks (e.g. 'contempt' in CK+): 'error' refuses the data "
                           "(default), 'drop' leaves them out and prints and reports how many were dropped per class")
+    acc.add_argument("--npz-labels", choices=NPZ_LABEL_SOURCES, default="y",
+                     help="labels of an .npz to score: its 'y' (default), or 'ferplus': the FER+ majority vote of "
+                          "'ferplus_votes' (8 classes; rows whose majority is unknown, not a face or tied are left out)")
     acc.add_argument("--label-map", metavar="CLASS=LABEL[,...]",
                      help="score dataset classes as model labels, e.g. contempt=neutral (applied before --unknown-classes)")
 
@@ -101,7 +105,8 @@ def _check_args(args) -> List[str]:
     if args.duration is not None and args.duration <= 0:
         raise UsageError(f"--duration {args.duration}: must be a positive number of seconds")
     for flag, given in (("--split", args.split), ("--label-map", args.label_map),
-                        ("--unknown-classes drop", args.unknown_classes != "error")):
+                        ("--unknown-classes drop", args.unknown_classes != "error"),
+                        ("--npz-labels ferplus", args.npz_labels != "y")):
         if given and not args.data:
             raise UsageError(f"{flag} needs --data (it chooses how the faces of --data are scored)")
     return paths
@@ -124,6 +129,7 @@ def bench_options(args: argparse.Namespace, argv: List[str]) -> BenchOptions:
         iterations=None if args.duration else (args.iterations or DEFAULT_ITERATIONS), duration=args.duration,
         threads=args.threads, data=args.data, split=args.split, limit=args.limit, eval_batch=args.eval_batch,
         unknown_classes=args.unknown_classes, label_map=parse_label_map_option(args.label_map),
+        npz_labels=args.npz_labels,
         report_dir=Path(args.report) if args.report else None, progress=not args.no_progress,
         command="fer-bench " + shlex.join(argv))
 

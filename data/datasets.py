@@ -22,6 +22,10 @@ from fer_edge.data.labels import FER2013_LABELS, canonical_label, match_labels
 from fer_edge.data.paths import fer2013_dir
 
 UNKNOWN_CLASS_POLICIES = ("error", "drop")
+# Which labels of an npz to score: its 'y', or the FER+ majority vote from 'ferplus_votes' (the shared FER-2013
+# npz files carry both). FER+ columns: 8 emotions, then 'unknown' and 'NF' (not a face).
+NPZ_LABEL_SOURCES = ("y", "ferplus")
+FERPLUS_EMOTIONS = 8
 FER2013_SPLITS = ("Training", "PublicTest", "PrivateTest")
 
 
@@ -144,7 +148,7 @@ def _read_csv(path: Path, split: Optional[str]) -> FaceSet:
     return FaceSet(_stack(images), codes, list(FER2013_LABELS), f"{path.name}" + (f" [{split}]" if split else ""))
 
 
-def _read_npz(path: Path, split: Optional[str]) -> FaceSet:
+def _read_npz(path: Path, split: Optional[str], label_source: str = "y") -> FaceSet:
     try:
         data = np.load(path, allow_pickle=False)
         x = data["x"]
@@ -159,20 +163,51 @@ def _read_npz(path: Path, split: Optional[str]) -> FaceSet:
         raise DataError(f"{path}: 'y' must hold one class index per face, shape [{len(x)}], got {y.shape}; "
                         "store one integer label per image of 'x'")
     names = [str(n) for n in data["class_names"]] if "class_names" in data.files else list(FER2013_LABELS)
-    if split:
-        if "split" not in data.files:
-            raise DataError(f"{path}: --split {split} needs a 'split' array in the npz")
-        split_names = [str(n) for n in data["split_names"]] if "split_names" in data.files else list(FER2013_SPLITS)
-        if split not in split_names:
-            raise DataError(f"{path}: unknown split {split!r}; this file knows {split_names}")
-        keep = data["split"] == split_names.index(split)
-        x, y = x[keep], (None if y is None else y[keep])
-        if len(x) == 0:
-            raise DataError(f"{path}: no rows in split {split!r}")
+    keep = _split_rows(path, data, split) if split else np.ones(len(x), bool)
     source = path.name + (f" [{split}]" if split else "")
+    if label_source == "ferplus":
+        return _ferplus_faces(path, data, x, keep, source)
+    x, y = x[keep], (None if y is None else y[keep])
     if y is None:
         return FaceSet(x, None, [], source)
     return FaceSet(x, checked_label_codes(path, y, names, "'y'"), names, source)
+
+
+def _split_rows(path: Path, data, split: str) -> np.ndarray:
+    if "split" not in data.files:
+        raise DataError(f"{path}: --split {split} needs a 'split' array in the npz")
+    split_names = [str(n) for n in data["split_names"]] if "split_names" in data.files else list(FER2013_SPLITS)
+    if split not in split_names:
+        raise DataError(f"{path}: unknown split {split!r}; this file knows {split_names}")
+    keep = data["split"] == split_names.index(split)
+    if not keep.any():
+        raise DataError(f"{path}: no rows in split {split!r}")
+    return keep
+
+
+def ferplus_majority(votes: np.ndarray) -> np.ndarray:
+    """FER+ majority label per row (0..7 in FER+ column order), or -1 where the most-voted column is 'unknown' or
+    'NF' (not a face) or shared by two columns: those rows have no clear emotion to score against."""
+    votes = np.asarray(votes, dtype=np.int64)
+    top = votes.argmax(axis=1)
+    ordered = np.sort(votes, axis=1)
+    tied = ordered[:, -1] == ordered[:, -2]
+    return np.where((top < FERPLUS_EMOTIONS) & ~tied, top, -1)
+
+
+def _ferplus_faces(path: Path, data, x: np.ndarray, keep: np.ndarray, source: str) -> FaceSet:
+    if "ferplus_votes" not in data.files or "ferplus_columns" not in data.files:
+        raise DataError(f"{path}: --npz-labels ferplus needs 'ferplus_votes' and 'ferplus_columns' arrays (the shared "
+                        "FER-2013 npz files have them); use --npz-labels y for this file")
+    votes = data["ferplus_votes"]
+    if votes.shape != (len(x), FERPLUS_EMOTIONS + 2):
+        raise DataError(f"{path}: 'ferplus_votes' must be [{len(x)}, {FERPLUS_EMOTIONS + 2}] vote counts, got {votes.shape}")
+    majority = ferplus_majority(votes)
+    clear = keep & (majority >= 0)
+    left_out = int(keep.sum() - clear.sum())
+    names = [str(n) for n in data["ferplus_columns"][:FERPLUS_EMOTIONS]]
+    note = f" (FER+ majority labels; {left_out} rows without a clear emotion majority left out)"
+    return FaceSet(x[clear], majority[clear], names, source + note)
 
 
 def _image_files(folder: Path) -> List[Path]:
@@ -207,7 +242,7 @@ def _stack(images: List[np.ndarray]):
 
 def load_faces(path: os.PathLike, labels: Optional[Sequence[str]] = None, split: Optional[str] = None,
                limit: Optional[int] = None, label_map: Optional[Dict[str, str]] = None,
-               unknown_classes: str = "error") -> FaceSet:
+               unknown_classes: str = "error", npz_labels: str = "y") -> FaceSet:
     """Read faces from a fer2013.csv, an npz (x[, y, split, class_names]) or an image folder.
 
     labels: the model's labels; source classes are matched to them by name (synonyms such as
@@ -217,15 +252,19 @@ def load_faces(path: os.PathLike, labels: Optional[Sequence[str]] = None, split:
     label_map: dataset class -> model label, e.g. {'contempt': 'neutral'}, applied before matching.
     unknown_classes: 'error' refuses faces of classes the model lacks; 'drop' leaves them out and counts
     them in the result's `dropped`.
+    npz_labels: 'y', or 'ferplus' for the FER+ majority vote of each row ('ferplus_votes'); rows whose majority is
+    'unknown', 'not a face' or tied are left out and counted in the result's source.
     Every label code is checked against the data's classes; a code out of range is a DataError.
     """
     if unknown_classes not in UNKNOWN_CLASS_POLICIES:
         raise DataError(f"unknown_classes={unknown_classes!r}: use one of {UNKNOWN_CLASS_POLICIES}")
+    if npz_labels not in NPZ_LABEL_SOURCES:
+        raise DataError(f"npz_labels={npz_labels!r}: use one of {NPZ_LABEL_SOURCES}")
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     try:
-        faces = _read_source(path, split)
+        faces = _read_source(path, split, npz_labels)
         if limit is not None and limit < len(faces):
             faces = faces.subset(np.arange(limit))
         return _to_model_order(path, faces, labels, label_map, unknown_classes)
@@ -235,8 +274,10 @@ def load_faces(path: os.PathLike, labels: Optional[Sequence[str]] = None, split:
         raise DataError(f"{path}: {exc}") from None
 
 
-def _read_source(path: Path, split: Optional[str]) -> FaceSet:
+def _read_source(path: Path, split: Optional[str], npz_labels: str = "y") -> FaceSet:
     """Faces with targets as the source's own class codes (class_names = the source's classes)."""
+    if npz_labels != "y" and path.suffix.lower() != ".npz":
+        raise DataError(f"{path}: --npz-labels {npz_labels} applies to .npz files only; drop it for this data")
     if path.is_dir():
         if split:
             raise DataError(f"{path}: --split applies to fer2013.csv and npz files, not to image folders")
@@ -244,7 +285,7 @@ def _read_source(path: Path, split: Optional[str]) -> FaceSet:
     if path.suffix.lower() == ".csv":
         return _read_csv(path, split)
     if path.suffix.lower() == ".npz":
-        return _read_npz(path, split)
+        return _read_npz(path, split, npz_labels)
     raise DataError(f"{path}: unknown data format; give a fer2013.csv, an .npz or a folder of images")
 
 

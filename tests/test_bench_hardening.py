@@ -250,3 +250,61 @@ def test_cli_warns_when_the_machine_is_busy(exported, tmp_path, capsys, monkeypa
     assert "round-robin" in report["settings"]["schedule"]
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert rows and all(r["warnings"].startswith("the machine was busy") for r in rows)
+
+
+# ------------------------------------------------------------------ FER+ labels straight from an npz
+FERPLUS_COLUMNS = np.array(list(FERPLUS_LABELS) + ["unknown", "NF"])
+
+
+def test_ferplus_majority_rule_by_hand():
+    from fer_edge.data.datasets import ferplus_majority
+    votes = np.array([[0, 7, 1, 0, 0, 0, 0, 0, 2, 0],    # happiness
+                      [4, 0, 0, 0, 0, 0, 0, 4, 2, 0],    # neutral and contempt tied: no clear majority
+                      [1, 0, 0, 0, 0, 0, 0, 0, 9, 0],    # unknown
+                      [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],   # not a face
+                      [0, 0, 0, 0, 1, 0, 0, 6, 3, 0]])   # contempt
+    assert ferplus_majority(votes).tolist() == [1, -1, -1, -1, 7]
+
+
+def test_npz_scored_on_its_ferplus_votes(tmp_path):
+    x, _ = synthetic_faces(5, size=48)
+    votes = np.array([[0, 7, 1, 0, 0, 0, 0, 0, 2, 0], [4, 0, 0, 0, 0, 0, 0, 4, 2, 0], [1, 0, 0, 0, 0, 0, 0, 0, 9, 0],
+                      [6, 1, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0, 0, 6, 3, 0]], np.uint8)
+    path = tmp_path / "fer.npz"
+    np.savez(path, x=x, y=np.zeros(5, np.uint8), ferplus_votes=votes, ferplus_columns=FERPLUS_COLUMNS)
+    faces = load_faces(path, labels=list(FERPLUS_LABELS), npz_labels="ferplus")
+    assert faces.targets.tolist() == [1, 0, 7] and len(faces.images) == 3
+    assert "2 rows without a clear emotion majority left out" in faces.source
+    # A 7-class FER-2013 model lacks contempt: refused, or scored without it with the usual option.
+    with pytest.raises(DataError, match=r"\['contempt'\] do not match"):
+        load_faces(path, labels=FER2013_LABELS, npz_labels="ferplus")
+    fer2013_order = load_faces(path, labels=FER2013_LABELS, npz_labels="ferplus", unknown_classes="drop")
+    assert fer2013_order.targets.tolist() == [FER2013_LABELS.index("happy"), FER2013_LABELS.index("neutral")]
+    with pytest.raises(DataError, match="needs 'ferplus_votes'"):
+        write_npz(tmp_path / "plain.npz", [0, 1, 2])
+        load_faces(tmp_path / "plain.npz", npz_labels="ferplus")
+    with pytest.raises(DataError, match="applies to .npz files only"):
+        load_faces(tmp_path, npz_labels="ferplus")
+
+
+def test_fer_bench_npz_labels_ferplus_needs_data(capsys):
+    rc = cli.main(["model.onnx", "--npz-labels", "ferplus"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--npz-labels ferplus needs --data" in err and "Traceback" not in err
+
+
+@needs_export_stack
+@pytest.mark.shared
+def test_fer_bench_scores_ferplus_publictest(exported, tmp_path, capsys):
+    from conftest import PUBLICTEST_NPZ
+    if not PUBLICTEST_NPZ.exists():
+        pytest.skip(f"needs FER-2013 with FER+ votes from ../shared ({PUBLICTEST_NPZ} not found)")
+    out = tmp_path / "report"
+    assert cli.main([str(exported["fp32"].path), "--data", str(PUBLICTEST_NPZ), "--npz-labels", "ferplus",
+                     "--unknown-classes", "drop", "--limit", "400", "--report", str(out), *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    accuracy = report["models"][0]["accuracy"]
+    assert report["settings"]["npz_labels"] == "ferplus" and "FER+ majority labels" in accuracy["data"]
+    # --limit takes the first 400 faces that have a clear FER+ majority; contempt ones are then dropped.
+    assert accuracy["images"] + accuracy["dropped_faces"] == 400
+    assert set(accuracy["dropped_classes"]) <= {"contempt"} and accuracy["images"] >= 350
