@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol
+from typing import Any, Dict, List, Optional, Protocol, Union
 
 import numpy as np
 
@@ -17,6 +17,7 @@ ONNX_INTEGRITY_FIX = "Copy the model and its .json sidecar again, or re-export b
 # FP16 rounds each probability by up to 2^-11 of itself and an FP16 softmax adds its own rounding, so rows sum
 # to 1 only within ~1e-3; logits miss by far more (a logits graph's rows summed to -0.77).
 PROBABILITY_TOLERANCE = 2e-3
+TRITON_SCHEMES = ("triton", "triton+grpc")      # triton://host:8000/model (HTTP), triton+grpc://host:8001/model
 
 
 class Backend(Protocol):
@@ -159,22 +160,37 @@ def _check_artifact_file(path: Path) -> None:
         raise ModelLoadError(f"{path}: file is empty (an interrupted copy?). Re-export it with fer-export.")
 
 
-def _load_onnx(path: Path, threads: Optional[int], providers: Optional[List[str]],
+def _onnx_backend(name: Optional[str], path: Path, threads: Optional[int], providers: Optional[List[str]]):
+    """The backend that runs an .onnx file: ONNX Runtime (default) or OpenVINO (the `openvino` extra)."""
+    if name in (None, "onnxruntime"):
+        from fer_edge.runtime.onnx_backend import OnnxRuntimeBackend
+        return OnnxRuntimeBackend(path, threads=threads, providers=providers)
+    if name == "openvino":
+        if providers:
+            raise ModelLoadError(f"{path}: providers are ONNX Runtime execution providers; drop them for backend='openvino'")
+        from fer_edge.runtime.openvino_backend import OpenVinoBackend
+        return OpenVinoBackend(path, threads=threads)
+    raise ModelLoadError(f"{path}: unknown backend {name!r} for an .onnx file; use one of {ONNX_BACKENDS}")
+
+
+def _load_onnx(path: Path, threads: Optional[int], providers: Optional[List[str]], backend_name: Optional[str],
                engine_options: Dict[str, Any]) -> FerModel:
     if engine_options:
         raise ModelLoadError(f"{path}: engine options {sorted(engine_options)} apply to TensorRT engines only; "
                              "drop them to load an .onnx file")
     sidecar = read_sidecar(path)
-    verify_artifact(path, sidecar, ONNX_INTEGRITY_FIX)     # before ONNX Runtime parses a single byte
-    from fer_edge.runtime.onnx_backend import OnnxRuntimeBackend
-    backend = OnnxRuntimeBackend(path, threads=threads, providers=providers)
+    verify_artifact(path, sidecar, ONNX_INTEGRITY_FIX)     # before any backend parses a single byte
+    backend = _onnx_backend(backend_name, path, threads, providers)
     contract = _resolve_contract(path, backend.embedded_contract(str(path)), sidecar)
     backend.check_contract(contract, str(path))
     return FerModel(path, contract, backend, sidecar)
 
 
-def _load_engine(path: Path, threads: Optional[int], providers: Optional[List[str]],
+def _load_engine(path: Path, threads: Optional[int], providers: Optional[List[str]], backend_name: Optional[str],
                  engine_options: Dict[str, Any]) -> FerModel:
+    if backend_name not in (None, "tensorrt"):
+        raise ModelLoadError(f"{path}: a TensorRT engine runs only on backend 'tensorrt', not {backend_name!r}; "
+                             "pass the .onnx file to run it on another backend")
     from fer_edge.runtime.tensorrt.backend import load_engine_backend
     sidecar = read_sidecar(path)
     contract = _resolve_contract(path, None, sidecar)
@@ -182,19 +198,26 @@ def _load_engine(path: Path, threads: Optional[int], providers: Optional[List[st
     return FerModel(path, contract, backend, sidecar)
 
 
+ONNX_BACKENDS = ("onnxruntime", "openvino")
 LOADERS = {".onnx": _load_onnx, ".engine": _load_engine, ".plan": _load_engine, ".trt": _load_engine}
 
 
-def load(path: os.PathLike, threads: Optional[int] = None, providers: Optional[List[str]] = None, **engine_options) -> FerModel:
-    """Load an ONNX model (ONNX Runtime) or a TensorRT engine; file and contract are checked before it is returned.
+def load(source: Union[os.PathLike, str], threads: Optional[int] = None, providers: Optional[List[str]] = None,
+         backend: Optional[str] = None, **engine_options) -> FerModel:
+    """Load an ONNX model (ONNX Runtime or OpenVINO), a TensorRT engine, or a model on a Triton server
+    (`triton://host:port/model`); file and contract are checked before it is returned.
 
-    threads, providers: ONNX Runtime's intra-op threads (None = its default) and execution providers (default CPU).
-    engine_options: for the TensorRT backend (e.g. cuda_graph=True).
+    threads: intra-op threads (None = the backend's default). providers: ONNX Runtime execution providers.
+    backend: None picks from the file (.onnx: 'onnxruntime'; .engine: 'tensorrt'); 'openvino' runs an .onnx on OpenVINO.
+    engine_options: for the TensorRT backend (e.g. cuda_graph=True) or the Triton client (e.g. timeout_s=5).
     """
-    path = Path(path)
+    if isinstance(source, str) and source.split("://", 1)[0] in TRITON_SCHEMES:
+        from fer_edge.runtime.triton_backend import load_triton
+        return load_triton(source, **engine_options)
+    path = Path(source)
     _check_artifact_file(path)
     loader = LOADERS.get(path.suffix.lower())
     if loader is None:
         raise ModelLoadError(f"{path}: unknown artifact type {path.suffix.lower()!r}; fer-edge loads "
                              f"{', '.join(LOADERS)} files (ONNX, or a TensorRT engine built by fer-export --engine)")
-    return loader(path, threads, providers, engine_options)
+    return loader(path, threads, providers, backend, engine_options)
