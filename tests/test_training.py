@@ -151,6 +151,11 @@ def test_config_files_and_overrides():
         cfg = T.load_config(str(REPO / "training" / name))
         assert cfg["arch"] == "tf_efficientnetv2_b0" and cfg["labels"] == FER2013_LABELS
         A.AugmentConfig.from_dict(cfg["augment"])
+    from fer_edge.data.labels import FERPLUS_LABELS
+    ferplus, cpu = (T.load_config(str(REPO / "training" / n)) for n in ("config_cpu_ferplus.json", "config_cpu.json"))
+    assert D.label_source(ferplus["labels"]) == "ferplus" and tuple(ferplus["labels"]) == FERPLUS_LABELS
+    differ = {k for k in cpu if cpu[k] != ferplus[k]}
+    assert differ == {"_comment", "labels", "out_dir"}, "the FER+ recipe is the CPU recipe with FER+ labels"
     args = train_cli.build_parser().parse_args(["--epochs", "3", "--set", "augment.pad=2", "--set", "lr=0.01"])
     cfg = T.apply_overrides(T.load_config(str(REPO / "training" / "config_cpu.json")), args)
     assert cfg["epochs"] == 3 and cfg["augment"]["pad"] == 2 and cfg["lr"] == 0.01
@@ -279,3 +284,19 @@ def test_shipped_reference_model_publictest_accuracy():
     # 0.25 pt is 9 of 3589 faces: CPUs with other oneDNN kernels (AMD vs Intel) may flip a few near-ties,
     # while a wrong preprocessing or weight path moves top-1 by whole points.
     assert abs(s["top1"] - meta["training"]["publictest_top1"]) <= 0.25
+
+
+@needs_data
+@pytest.mark.shared
+def test_ferplus_split_matches_what_fer_bench_scores():
+    """The trainer's FER+ labels are the ones fer-bench --npz-labels ferplus scores: same rows, same majority."""
+    from fer_edge.data.datasets import load_faces
+    from fer_edge.data.labels import FERPLUS_LABELS
+    pub = D.load_split(DATA_DIR, "publictest", FERPLUS_LABELS)
+    bench = load_faces(DATA_DIR / "fer2013_publictest.npz", npz_labels="ferplus")
+    assert pub.class_names == list(FERPLUS_LABELS) and len(pub) == 3589 - 193
+    assert np.array_equal(pub.x, bench.images) and np.array_equal(pub.y, bench.targets)
+    train = D.load_split(DATA_DIR, "train", FERPLUS_LABELS)
+    assert train.y.min() == 0 and train.y.max() == 7 and np.all(train.split == 0)
+    with pytest.raises(ValueError, match="neither FER-2013"):
+        D.load_split(DATA_DIR, "publictest", ["a", "b"])

@@ -12,7 +12,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from fer_edge.data.labels import FER2013_LABELS
+from fer_edge.data.datasets import ferplus_majority
+from fer_edge.data.labels import FER2013_LABELS, FERPLUS_LABELS
 from fer_edge.data.paths import fer2013_dir
 from fer_edge.runtime.contract import ModelContract
 from fer_edge.runtime.preprocess import prepare_batch
@@ -46,10 +47,25 @@ class Split:
         return Split(self.x[index], self.y[index], self.row[index], self.split[index], list(self.class_names))
 
 
-def load_split(data_dir, name: str) -> Split:
-    """Read one split ('train' or 'publictest'); checks that every row carries that split's code."""
+def label_source(labels: Sequence[str]) -> str:
+    """Which labels of the npz files a model with these classes trains on: 'fer2013' (the csv's 7 codes) or
+    'ferplus' (the FER+ majority vote over 8 emotions)."""
+    if list(labels) == list(FER2013_LABELS):
+        return "fer2013"
+    if list(labels) == list(FERPLUS_LABELS):
+        return "ferplus"
+    raise ValueError(f"labels {list(labels)} are neither FER-2013's {list(FER2013_LABELS)} nor FER+'s "
+                     f"{list(FERPLUS_LABELS)}; fer-train trains on one of those two label sets")
+
+
+def load_split(data_dir, name: str, labels: Sequence[str] = FER2013_LABELS) -> Split:
+    """Read one split ('train' or 'publictest'); checks that every row carries that split's code.
+
+    labels: FER2013_LABELS (the csv's labels) or FERPLUS_LABELS (FER+ majority votes; rows whose majority is
+    unknown, not a face or tied are left out, as fer-bench --npz-labels ferplus does)."""
     if name not in SPLIT_FILES:
         raise ValueError(f"unknown split {name!r}; expected one of {sorted(SPLIT_FILES)}")
+    source = label_source(labels)
     data_dir = Path(data_dir)
     parts = []
     for fname in SPLIT_FILES[name]:
@@ -57,8 +73,9 @@ def load_split(data_dir, name: str) -> Split:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; pass --data-dir pointing at the FER-2013 npz folder "
                                     f"(default {DEFAULT_DATA_DIR})")
+        keys = ("x", "y", "row", "split", "class_names") + (("ferplus_votes",) if source == "ferplus" else ())
         with np.load(path, allow_pickle=False) as z:
-            parts.append({k: z[k] for k in ("x", "y", "row", "split", "class_names")})
+            parts.append({k: z[k] for k in keys})
     class_names = [str(c) for c in parts[0]["class_names"]]
     if class_names != list(FER2013_LABELS):
         raise ValueError(f"{data_dir}: class_names {class_names} differ from the expected {list(FER2013_LABELS)}")
@@ -72,6 +89,11 @@ def load_split(data_dir, name: str) -> Split:
     if not np.all(out.split == SPLIT_CODES[name]):
         bad = np.unique(out.split[out.split != SPLIT_CODES[name]]).tolist()
         raise ValueError(f"{name} files hold rows with split codes {bad}; expected only {SPLIT_CODES[name]}")
+    if source == "ferplus":
+        majority = ferplus_majority(np.concatenate([p["ferplus_votes"] for p in parts]))
+        clear = majority >= 0
+        out = out.subset(np.flatnonzero(clear))
+        out.y, out.class_names = majority[clear].astype(np.int64), list(FERPLUS_LABELS)
     return out
 
 

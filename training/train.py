@@ -257,8 +257,8 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
     contract = make_contract(cfg["arch"], labels, cfg["img_size"], cfg["mean"], cfg["std"], cfg["interpolation"])
     if train_split is None or val_split is None:
         data_dir = data_dir or str(DEFAULT_DATA_DIR)
-        train_split = train_split or load_split(data_dir, "train")
-        val_split = val_split or load_split(data_dir, "publictest")
+        train_split = train_split or load_split(data_dir, "train", labels)
+        val_split = val_split or load_split(data_dir, "publictest", labels)
     train_split = subset(train_split, int(cfg["limit_train"]), int(cfg["seed"]))
     val_split = subset(val_split, int(cfg["limit_val"]), int(cfg["seed"]) + 1)
     overlap = np.intersect1d(train_split.row, val_split.row)
@@ -391,7 +391,7 @@ def eval_publictest(model, meta, data_dir, batch_size: int = 256):
     from fer_edge.data.metrics import summary
     contract = make_contract(meta["arch"], meta["labels"], meta["img_size"], meta["mean"], meta["std"],
                              meta["interpolation"])
-    val = load_split(data_dir, "publictest")
+    val = load_split(data_dir, "publictest", meta["labels"])
     x = prepare_tensor(val.x, contract)
     import torch
     cm, loss, pred = evaluate(model, x, val.y, batch_size, torch.device("cpu"), len(meta["labels"]))
