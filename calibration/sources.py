@@ -2,7 +2,7 @@
 
 Sources: fer2013.csv, the FER-2013 npz files and image folders (via benchmarks.datasets.load_faces)
 and video files. From a video every Nth frame is read; with the model contract the faces in it are
-found (YuNet .onnx or OpenCV's Haar cascade) and cut by the contract's crop policy
+found (the bundled YuNet by default, or OpenCV's Haar cascade) and cut by the contract's crop policy
 (calibration.video_faces); without a contract, or with detector="none", each whole frame is one crop.
 Everything stays uint8; the contract's `prepare_batch` makes the tensors.
 """
@@ -46,8 +46,8 @@ def load_source(path: str, labels: Optional[Sequence[str]] = None, split: Option
                 detector: Optional[str] = None) -> FaceSet:
     """Read a calibration or validation source of any supported kind.
 
-    Videos: with `contract`, the faces found by `detector` (a YuNet .onnx path, or None for OpenCV's Haar
-    cascade) are cut by the contract's crop policy; detector="none" (or no contract) uses whole frames.
+    Videos: with `contract`, the faces found by `detector` (None: the bundled YuNet; 'haar': OpenCV's Haar cascade;
+    or a YuNet .onnx path) are cut by the contract's crop policy; detector="none" (or no contract) uses whole frames.
     """
     source = Path(path)
     if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:

@@ -70,8 +70,8 @@ def detector_label(detector) -> str:
 def _no_face_error(path: Path, sampled: int, step: int, label: str) -> DataError:
     fixes = []
     if label == "Haar":
-        fixes.append("pass a YuNet detector (--calib-detector face_detection_yunet_2023mar.onnx, from the OpenCV "
-                     "Zoo; the default Haar cascade misses turned, small and dim faces)")
+        fixes.append("use the bundled YuNet detector (the default: drop --calib-detector haar; the Haar cascade "
+                     "misses turned, small and dim faces)")
     if step > 1:
         fixes.append(f"sample more frames with a lower --calib-frame-step (now {step})")
     fixes.append("pass a folder of face crops as --calib instead")
@@ -85,7 +85,7 @@ def video_face_crops(path: Union[str, Path], contract: ModelContract, step: int,
                      min_face: int = MIN_FACE, progress: Optional[bool] = None) -> FaceSet:
     """Face crops from every `step`-th frame of a video, cut by the contract's crop policy.
 
-    detector: a YuNet .onnx path, None for OpenCV's Haar cascade, or a ready detector object.
+    detector: None or 'yunet' for the bundled YuNet, 'haar', a YuNet .onnx path, or a ready detector object.
     Every detected face of a sampled frame is kept (not just the best one): the runtime classifies every
     face it finds, so several people in view are production input too. Frames with no face are skipped
     and counted in the returned FaceSet's `source`. progress: tqdm bar (None = only on a terminal).

@@ -14,8 +14,9 @@ from typing import Optional
 
 import cv2
 
+from fer_edge.cli.demo_report import TrackReport, photo_lines
 from fer_edge.cli_support import new_parser, run_cli
-from fer_edge.export.reference import reference_model_path
+from fer_edge.export.reference import find_reference_export, reference_model_path
 from fer_edge.models.artifact_writer import atomic_write_bytes
 from fer_edge.pipeline.annotate import annotate
 from fer_edge.pipeline.detectors import create_detector
@@ -28,14 +29,19 @@ from fer_edge.runtime.errors import FerEdgeError
 VIDEO_WRITER_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 EPILOG = """examples:
-  fer-demo clip.mp4 --detector face_detection_yunet_2023mar.onnx --out annotated.mp4 --jsonl faces.jsonl
+  fer-demo photo.png                                  # prints each face: label, score, box
+  fer-demo clip.mp4 --out annotated.mp4 --jsonl faces.jsonl
   fer-demo photos/ --out annotated_photos/            # image folder in, image folder out
-  fer-demo group.jpg --detector yunet_s_320_320.onnx --out group_annotated.jpg
-  fer-demo 0 --detector yunet_s_320_320.onnx --show   # webcam 0 with a window (needs a display)
-  fer-demo rtsp://camera.local/stream --model fer-artifacts/model.onnx --jsonl live.jsonl
+  fer-demo group.jpg --detector-size 640 --out group_annotated.jpg   # small faces: a larger detector input
+  fer-demo 0 --show                                   # webcam 0 with a window (needs a display)
+  fer-demo rtsp://camera.local/stream --model fer-artifacts/model.onnx --jsonl - --quiet
 
-Without --model the bundled reference model is exported once to ~/.cache/fer-edge (needs the
-[export] extra: pip install 'fer-edge[export]'). Without --detector OpenCV's Haar cascade is used.
+Photos: one line per face (label, score, box x y w h). Videos and cameras: a line when a person appears or
+their shown expression changes, and a per-person summary at the end. --quiet prints only errors.
+Without --model the bundled reference model is used: an existing export of it (in ~/.cache/fer-edge or
+./fer-artifacts) or, on first use, a new one (a few minutes; needs the [export] extra:
+pip install 'fer-edge[export]'). SOURCE, --out and --jsonl are checked before that.
+Without --detector the bundled YuNet face detector is used; --detector haar picks OpenCV's Haar cascade.
 Ctrl-C stops cleanly: the output video and JSON Lines file are finalised.
 """
 
@@ -45,24 +51,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "faces, classify them in one batch, track and smooth per person.", epilog=EPILOG)
     p.add_argument("source", metavar="SOURCE", help="image, image folder, video file, webcam index (0) or rtsp/http URL")
     p.add_argument("--model", help="FER artifact (.onnx, or .engine for TensorRT); default: the bundled reference model")
-    p.add_argument("--detector", help="YuNet face detector .onnx; default: OpenCV's Haar cascade")
+    p.add_argument("--detector", help="face detector: a YuNet .onnx, 'yunet' (the bundled one, the default) or "
+                   "'haar' (OpenCV 4's Haar cascade)")
     g = p.add_argument_group("output")
     g.add_argument("--out", help="annotated output: a video file (.mp4/.avi/.mkv/.mov), a folder for images, or an "
                    "image file when SOURCE is one image")
-    g.add_argument("--jsonl", help="write one JSON line per frame with every face's results")
+    g.add_argument("--jsonl", help="write one JSON line per frame with every face's results to this file, or "
+                   "to stdout with '-' (the lines for people then go to stderr)")
     g.add_argument("--show", action="store_true", help="show a window (press q or Esc to quit); needs a display")
     g.add_argument("--max-frames", type=int, help="stop after this many frames")
     g = p.add_argument_group("tuning")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: its own choice)")
-    g.add_argument("--score-threshold", type=float, default=0.6, help="YuNet face score threshold (default 0.6)")
-    g.add_argument("--detector-size", type=int, default=None, help="input size for the dynamic YuNet model (default 320)")
+    g.add_argument("--score-threshold", type=float, default=None, help="YuNet face score threshold (default 0.6)")
+    g.add_argument("--detector-size", type=int, default=None, help="YuNet input size: frames are scaled to fit it "
+                   "(default 320 for the bundled and dynamic models; 640 finds smaller faces, ~4x slower)")
     g.add_argument("--smoothing", choices=("ema", "window", "none"), default="ema", help="per-track smoothing (default ema)")
     g.add_argument("--alpha", type=float, default=0.3, help="EMA weight of the newest frame (default 0.3)")
     g.add_argument("--window", type=int, default=8, help="frames in the vote window (default 8)")
     g.add_argument("--margin", type=float, default=0.1, help="hysteresis: lead a new label needs (default 0.1)")
     g.add_argument("--hold", type=int, default=2, help="hysteresis: frames the lead must last (default 2)")
     g.add_argument("--live", action="store_true", help="treat a video file as a live stream (drop to the newest frame)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="print only errors: no lines per face, no summary, no "
+                   "progress bar")
     return p
 
 
@@ -152,41 +162,89 @@ class StopOnCtrlC:
         return False
 
 
-def run(args) -> int:
-    from tqdm import tqdm
+def check_jsonl_target(path: str) -> None:
+    """Fail before the slow steps; the file itself is opened (and truncated) only once the model is loaded."""
+    if path == "-":
+        return
+    folder = Path(path).resolve().parent
+    if Path(path).is_dir():
+        raise FerEdgeError(f"--jsonl {path} is a folder; give a file name, or - for stdout")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise FerEdgeError(f"--jsonl {path}: folder {folder} does not exist or is not writable")
 
+
+def open_inputs(args):
+    """Detector, SOURCE, --out and --jsonl, each checked in well under a second and before any model export."""
     if args.show:
         check_display()
-    model = args.model or reference_model_path(log=lambda m: print(m, file=sys.stderr))
-    detector = None  # None: the pipeline falls back to Haar and says so once
-    if args.detector:
-        kwargs = {"input_size": args.detector_size} if args.detector_size else {}
-        detector = create_detector(args.detector, score_threshold=args.score_threshold, threads=args.threads, **kwargs)
-    pipeline = FerPipeline(model, detector=detector, threads=args.threads,
-                           smoothing={"method": args.smoothing, "alpha": args.alpha, "window": args.window,
-                                      "margin": args.margin, "hold": args.hold})
+    options = {"input_size": args.detector_size} if args.detector_size else {}
+    detector = create_detector(args.detector, score_threshold=args.score_threshold, threads=args.threads, **options)
     source = open_source(args.source, live=True if args.live else None)
     try:
         output = AnnotatedOutput(args.out, source.fps, single_image=source.kind == "image") if args.out else None
-        jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
+        if args.jsonl:
+            check_jsonl_target(args.jsonl)
     except (OSError, FerEdgeError) as exc:
         source.close()
         raise FerEdgeError(str(exc)) from None
+    return detector, source, output
+
+
+def resolve_model(args, source, say):
+    """--model, or the bundled reference model (reused if exported before). A live source is closed during a first-use
+    export and opened again after it, so minutes of camera frames are not read and counted as dropped."""
+    if args.model:
+        return args.model, source
+    if source.is_live and find_reference_export() is None:
+        source.close()
+        model = reference_model_path(log=say)
+        return model, open_source(args.source, live=True if args.live else None)
+    return reference_model_path(log=say), source
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    human = sys.stderr if args.jsonl == "-" else sys.stdout       # keep stdout machine-readable with --jsonl -
+
+    def say(message: str, stream=sys.stderr) -> None:
+        if not args.quiet:
+            tqdm.write(message, file=stream)    # above the progress bar, not through it
+            stream.flush()
+
+    detector, source, output = open_inputs(args)
+    try:
+        model, source = resolve_model(args, source, say)
+        pipeline = FerPipeline(model, detector=detector, threads=args.threads,
+                               smoothing={"method": args.smoothing, "alpha": args.alpha, "window": args.window,
+                                          "margin": args.margin, "hold": args.hold})
+        jsonl = None if not args.jsonl else sys.stdout if args.jsonl == "-" else open(args.jsonl, "w", encoding="utf-8")
+    except BaseException:
+        source.close()
+        if output:
+            output.close()
+        raise
+    photos = source.kind in ("image", "folder")
+    tracks = TrackReport()
     total = source.frame_count
     if args.max_frames:
         total = min(total, args.max_frames) if total else args.max_frames
-    bar = tqdm(total=total, unit="frame", disable=args.quiet or None, file=sys.stderr)
+    bar = tqdm(total=total, unit="frame", disable=args.quiet or photos or None, file=sys.stderr)
     frames = faces = 0
     stop = StopOnCtrlC()
     started = time.perf_counter()
     try:
         with stop:
             for frame in source:
+                if photos:
+                    pipeline.reset()    # unrelated photos: no tracks or smoothing carried from one to the next
                 t0 = time.perf_counter()
                 results = pipeline(frame.image)
                 elapsed = (time.perf_counter() - t0) * 1e3
                 frames += 1
                 faces += len(results)
+                for line in photo_lines(frame.name, results) if photos else tracks.update(frame.index, results):
+                    say(line, human)
                 if jsonl:
                     record = {"frame": frame.index, "name": frame.name, "latency_ms": round(elapsed, 2),
                               "stages_ms": {k: round(v, 2) for k, v in pipeline.last_timings.items()},
@@ -205,25 +263,34 @@ def run(args) -> int:
                     break
     except KeyboardInterrupt:  # a second Ctrl-C: stop mid-frame, still finalise the outputs
         stop.requested = True
+    except BrokenPipeError:    # the reader of stdout went away (`--jsonl - | head`): stop, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
+        return 0
     finally:
         bar.close()
         source.close()
         if output:
             output.close()
-        if jsonl:
+        if jsonl is not None and jsonl is not sys.stdout:
             jsonl.close()
         if args.show:
             cv2.destroyAllWindows()
     interrupted = stop.requested
+    if not photos:
+        for line in tracks.summary():
+            say(line, human)
     seconds = time.perf_counter() - started
     note = " (stopped by Ctrl-C; outputs finalised)" if interrupted else ""
     dropped = f", {source.dropped} stale frames skipped" if source.is_live else ""
-    print(f"fer-demo: {frames} frames, {faces} faces, {frames / max(seconds, 1e-9):.1f} frames/s{dropped}{note}",
-          file=sys.stderr)
+    line = f"fer-demo: {frames} frames, {faces} faces, {frames / max(seconds, 1e-9):.1f} frames/s{dropped}{note}"
+    if interrupted:     # even with --quiet: the outputs hold fewer frames than the source
+        print(line, file=sys.stderr)
+    else:
+        say(line)
     if args.out:
-        print(f"annotated output: {args.out}", file=sys.stderr)
-    if args.jsonl:
-        print(f"per-frame results: {args.jsonl}", file=sys.stderr)
+        say(f"annotated output: {args.out}")
+    if args.jsonl and args.jsonl != "-":
+        say(f"per-frame results: {args.jsonl}")
     return 130 if interrupted else 0
 
 

@@ -3,7 +3,7 @@
 Built on the runtime (`fer_edge.runtime.load`); numpy, OpenCV and ONNX Runtime only.
 
     from fer_edge.pipeline import FerPipeline
-    pipe = FerPipeline("fer-artifacts/model.onnx", detector="face_detection_yunet_2023mar.onnx", threads=2)
+    pipe = FerPipeline("fer-artifacts/model.onnx", threads=2)   # detector: the bundled YuNet
     for face in pipe(frame):
         print(face.track_id, face.smoothed_label, face.smoothed_score)
 """

@@ -1,7 +1,7 @@
 """FerPipeline: frame -> detect -> crop -> classify (one batch) -> track -> smooth -> FaceResults.
 
     from fer_edge.pipeline.fer_pipeline import FerPipeline
-    pipe = FerPipeline("fer-artifacts/model.onnx", detector="face_detection_yunet_2023mar.onnx", threads=2)
+    pipe = FerPipeline("fer-artifacts/model.onnx", threads=2)   # detector: the bundled YuNet
     for face in pipe(frame):            # BGR, BGRA or gray uint8, any size
         print(face.track_id, face.smoothed_label, face.smoothed_score)
 
@@ -56,8 +56,8 @@ class FerPipeline:
     """Detection, classification, tracking and smoothing for a stream of frames.
 
     model: a FerModel or an artifact path (.onnx / .engine).
-    detector: a detector object (with .detect(frame)), a YuNet .onnx path, or None for OpenCV's Haar
-      cascade (logged once).
+    detector: a detector object (with .detect(frame)), a YuNet .onnx path, "haar" for OpenCV's Haar cascade,
+      or None for the bundled YuNet (`create_detector`).
     smoothing: a SmoothingConfig or dict (method ema|window|none, alpha, window, margin, hold).
     min_face: faces smaller than this many pixels (box side) are ignored; max_faces keeps the largest.
     """

@@ -6,22 +6,31 @@ decoding follows the semantics of OpenCV's FaceDetectorYN so boxes agree with it
 score = sqrt(clip(cls) * clip(obj)); centre = (cell + d) * s; size = exp(log size) * s;
 landmark = (cell + k) * s. The frame is letterboxed (scaled, padded right/bottom with zeros) to
 the model input and boxes are mapped back to frame pixels.
+
+fer-edge bundles face_detection_yunet_2023mar.onnx (`BUNDLED_YUNET`, Apache-2.0, see pipeline/models/LICENSE
+and NOTICE): the default detector, run at DEFAULT_INPUT_SIZE.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
 
 from fer_edge.pipeline.detection import Detection, check_frame, to_bgr
+from fer_edge.pipeline.onnx_free_size import free_image_size
 from fer_edge.runtime.errors import ModelLoadError
-from fer_edge.runtime.onnx_backend import OnnxRuntimeBackend
+from fer_edge.runtime.onnx_backend import ort_session
 
 
+BUNDLED_YUNET = Path(__file__).resolve().parent / "models" / "face_detection_yunet_2023mar.onnx"
 STRIDES = (8, 16, 32)
 PAD_DIVISOR = 32  # the largest stride: padded inputs must be a multiple of it
+# Frames are fitted into this square unless a model fixes its own size. 320 keeps detection near 2-3 ms per
+# 640x480 frame on one CPU core and finds faces down to about 20 px there; 640 finds smaller faces at ~4x the cost.
+DEFAULT_INPUT_SIZE = 320
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, top_k: Optional[int] = None) -> np.ndarray:
@@ -95,8 +104,10 @@ def decode(outputs: dict, input_w: int, input_h: int, score_threshold: float) ->
 class YuNetDetector:
     """YuNet (OpenCV Zoo / libfacedetection.train ONNX) through ONNX Runtime.
 
-    path: the .onnx file; fixed-shape models (320x320, 640x640) use their own input size, the
-      dynamic model uses input_size (the frame is scaled to fit input_size x input_size).
+    path: the .onnx file. input_size: the square the frame is scaled to fit (padded only to a multiple of 32).
+      None: a fixed-shape file (320x320, 640x640) runs at its own size, a dynamic one at DEFAULT_INPUT_SIZE.
+      A fixed-shape file given another input_size runs at that size: its declared size is freed on loading
+      (`onnx_free_size`), which computes exactly what the same weights exported at that size compute.
     score_threshold / nms_threshold / top_k: as in cv2.FaceDetectorYN (defaults 0.6 / 0.3 / 5000).
     """
     name = "yunet"
@@ -106,38 +117,53 @@ class YuNetDetector:
                  providers: Optional[List[str]] = None):
         path = str(path)
         if not os.path.isfile(path):
-            raise ModelLoadError(f"{path}: no such YuNet model file. Get face_detection_yunet_2023mar.onnx from "
-                                 "the OpenCV Zoo (models/face_detection_yunet) or omit --detector to use Haar.")
+            raise ModelLoadError(f"{path}: no such YuNet model file. Omit --detector to use the bundled YuNet, or get "
+                                 "face_detection_yunet_2023mar.onnx from the OpenCV Zoo (models/face_detection_yunet).")
         if not 0.0 <= score_threshold <= 1.0 or not 0.0 <= nms_threshold <= 1.0:
             raise ValueError("score_threshold and nms_threshold must lie in [0, 1]")
+        if input_size is not None and int(input_size) < PAD_DIVISOR:
+            raise ValueError(f"input_size {input_size} is too small; use at least {PAD_DIVISOR}")
         self.path = path
-        self.backend = OnnxRuntimeBackend(path, threads=threads, providers=providers)
-        self.session = self.backend.session
-        names = {o.name for o in self.session.get_outputs()}
-        missing = [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in STRIDES if f"{k}_{s}" not in names]
-        if missing:
-            raise ModelLoadError(f"{path}: not a YuNet model (outputs {sorted(names)}; missing {missing}). "
-                                 "Use a YuNet ONNX from libfacedetection.train or the OpenCV Zoo.")
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        shape = self.backend.input_shape
-        fixed_h, fixed_w = shape[2], shape[3]
+        self.session = ort_session(path, threads, providers)
+        self._check_outputs()
+        fixed_h, fixed_w = self.session.get_inputs()[0].shape[2:4]
         self.dynamic = not (isinstance(fixed_h, int) and isinstance(fixed_w, int))
+        if not self.dynamic and input_size and int(input_size) not in (fixed_w, fixed_h):
+            with open(path, "rb") as fh:
+                self.session = ort_session(free_image_size(fh.read(), path), threads, providers)
+            self.dynamic = True
         if self.dynamic:
-            side = int(input_size or 320)
-            if side < PAD_DIVISOR:
-                raise ValueError(f"input_size {side} is too small; use at least {PAD_DIVISOR}")
-            self.input_w = self.input_h = side
+            self.input_w = self.input_h = int(input_size or DEFAULT_INPUT_SIZE)
         else:
-            if input_size and input_size not in (fixed_w, fixed_h):
-                raise ValueError(f"{path} has a fixed {fixed_w}x{fixed_h} input; input_size={input_size} is not "
-                                 "possible. Use the dynamic YuNet model for other sizes.")
             self.input_w, self.input_h = int(fixed_w), int(fixed_h)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.top_k = int(top_k)
+        if self.dynamic:
+            self._check_runs()
+
+    def _check_outputs(self) -> None:
+        names = {o.name for o in self.session.get_outputs()}
+        missing = [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in STRIDES if f"{k}_{s}" not in names]
+        if missing:
+            raise ModelLoadError(f"{self.path}: not a YuNet model (outputs {sorted(names)}; missing {missing}). "
+                                 "Use a YuNet ONNX from libfacedetection.train or the OpenCV Zoo.")
+
+    def _check_runs(self) -> None:
+        """One blank input now, so a graph that only works at its exported size fails here, not on the first frame."""
+        try:
+            self.detect(np.zeros((self.input_h, self.input_w, 3), np.uint8))
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # ONNX Runtime's own error types
+            raise ModelLoadError(f"{self.path}: this YuNet graph does not run at {self.input_w}x{self.input_h} "
+                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); omit input_size to run "
+                                 "it at its own size, or use the dynamic YuNet model") from None
 
     def __repr__(self) -> str:
-        kind = "dynamic" if self.dynamic else "fixed"
+        kind = "frames fitted into" if self.dynamic else "fixed"
         return f"YuNetDetector({os.path.basename(self.path)}, {kind} {self.input_w}x{self.input_h})"
 
     def prepare(self, frame: np.ndarray) -> Tuple[np.ndarray, float]:
@@ -152,7 +178,7 @@ class YuNetDetector:
         return image.transpose(2, 0, 1)[None].astype(np.float32), scale
 
     def raw_outputs(self, tensor: np.ndarray) -> dict:
-        return dict(zip(self.output_names, self.session.run(self.output_names, {self.backend.input_name: tensor})))
+        return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: tensor})))
 
     def detect(self, frame: np.ndarray) -> List[Detection]:
         if not check_frame(frame):

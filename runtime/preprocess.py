@@ -1,4 +1,4 @@
-"""The one preprocessing implementation: face crops (uint8) -> the model's float32 NCHW tensor. Export parity,
+"""The one preprocessing implementation: face crops (uint8) -> the model's input tensor. Export parity,
 calibration, the runtime, the benchmark and training all call `prepare_batch`, so a face becomes the same numbers.
 """
 from __future__ import annotations
@@ -129,22 +129,28 @@ def resize_batch(faces: FaceInput, contract: ModelContract) -> np.ndarray:
     return out
 
 
-def normalize_batch(resized: np.ndarray, contract: ModelContract) -> np.ndarray:
-    """uint8 (N, S, S, C) -> float32 (N, C, S, S): x/255, then (x - mean) / std per channel."""
-    # Fold /255, mean and std into one scale and offset per channel: one pass over the data.
+def normalization(contract: ModelContract) -> Tuple[np.ndarray, np.ndarray]:
+    """float32 (scale, offset) per channel with x * scale + offset = (x/255 - mean) / std: /255, mean and std folded
+    into one pass. The uint8-input export folds the same two constants into its graph."""
     mean = np.asarray(contract.mean, dtype=np.float32)
     std = np.asarray(contract.std, dtype=np.float32)
-    scale = (1.0 / (255.0 * std)).reshape(1, -1, 1, 1)
-    offset = (-mean / std).reshape(1, -1, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
+
+
+def normalize_batch(resized: np.ndarray, contract: ModelContract) -> np.ndarray:
+    """uint8 (N, S, S, C) -> float32 (N, C, S, S): x/255, then (x - mean) / std per channel."""
+    scale, offset = normalization(contract)
     x = resized.transpose(0, 3, 1, 2).astype(np.float32)
-    x *= scale
-    x += offset
+    x *= scale.reshape(1, -1, 1, 1)
+    x += offset.reshape(1, -1, 1, 1)
     return x
 
 
 def prepare_batch(faces: FaceInput, contract: ModelContract) -> np.ndarray:
-    """Face crop(s) -> float32 NCHW tensor exactly as the contract says."""
-    return normalize_batch(resize_batch(faces, contract), contract)
+    """Face crop(s) -> the model input exactly as the contract says: float32 NCHW, or (dtype uint8) the resized
+    uint8 NHWC pixels of a model that normalises inside its graph."""
+    resized = resize_batch(faces, contract)
+    return resized if contract.dtype == "uint8" else normalize_batch(resized, contract)
 
 
 def square_box(box: Tuple[float, float, float, float], margin: float, square: bool = True) -> Tuple[int, int, int, int]:
@@ -181,9 +187,11 @@ def face_box_problem(box, frame_shape: Tuple[int, ...], contract: ModelContract)
     if side > MAX_BOX_TO_FRAME * max(frame_h, frame_w):
         return (f"face box {(x, y, w, h)} becomes a {side:.0f}-pixel crop, more than {MAX_BOX_TO_FRAME:g}x the "
                 f"{frame_w}x{frame_h} frame's larger side")
-    x0, y0, x1, y1 = square_box((x, y, w, h), contract.crop_margin, contract.crop_square)
-    if x1 <= 0 or y1 <= 0 or x0 >= frame_w or y0 >= frame_h:
-        return f"face box {(x, y, w, h)} lies outside the {frame_w}x{frame_h} frame"
+    if not (0 <= x + w / 2 < frame_w and 0 <= y + h / 2 < frame_h):   # less than half the face in view
+        # (x0, y0, x1, y1) corners read as (x, y, w, h) reach past the right or bottom edge: the common mix-up.
+        corners = x < w <= frame_w and y < h <= frame_h
+        return (f"face box {(x, y, w, h)} lies outside the {frame_w}x{frame_h} frame (its centre is not in it)" +
+                ("; it looks like (x0, y0, x1, y1) corners: pass (x0, y0, x1 - x0, y1 - y0)" if corners else ""))
     return None
 
 
@@ -196,7 +204,8 @@ def _is_numeric_sequence(box) -> bool:
 
 def crop_face(frame: np.ndarray, box: Tuple[float, float, float, float], contract: ModelContract) -> np.ndarray:
     """Cut a face from a frame by the contract's crop policy; parts outside the frame are edge-replicated.
-    A bad frame or box (see face_box_problem) raises InputError before anything is allocated."""
+    box is (x, y, w, h): top-left corner, width and height in frame pixels (not corners). A bad frame or box (see
+    face_box_problem) raises InputError before anything is allocated."""
     if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3) or frame.size == 0:
         raise InputError("frame must be a non-empty uint8 array of shape (H, W) or (H, W, C); pass the image the "
                          "face box was detected in")

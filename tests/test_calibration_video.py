@@ -95,12 +95,12 @@ def plain_video(tmp_path_factory):
 # ------------------------------------------------------------------ faces found
 @needs_shared
 def test_haar_crops_follow_step_and_count_frames_without_faces(face_video):
-    faces = sources.load_source(face_video, frame_step=3, contract=GRAY)
+    faces = sources.load_source(face_video, frame_step=3, contract=GRAY, detector="haar")
     # sampled: 0, 3, ..., 27 (10 frames); the face is in 0..15 (6 of them)
     assert faces.source == "clip.avi (every 3rd frame, 6 faces from 6 of 10 sampled frames, Haar)"
     assert len(faces) == 6 and not faces.labelled
     # step 2 samples 0, 2, ..., 28: the face frames among them are 0, 6 and 12
-    faces2 = sources.load_source(face_video, frame_step=2, contract=GRAY)
+    faces2 = sources.load_source(face_video, frame_step=2, contract=GRAY, detector="haar")
     assert faces2.source == "clip.avi (every 2nd frame, 3 faces from 3 of 15 sampled frames, Haar)"
 
 
@@ -111,7 +111,7 @@ def test_crops_are_cut_by_the_contract_margin(face_video):
     boxes = [d.box for frame in frames for d in HaarDetector().detect(frame)]
     assert len(boxes) == len(frames)
     for contract in (GRAY, WIDE):
-        faces = sources.load_source(face_video, frame_step=3, contract=contract)
+        faces = sources.load_source(face_video, frame_step=3, contract=contract, detector="haar")
         for frame, box, crop in zip(frames, boxes, faces.images):
             x0, y0, x1, y1 = square_box(box, contract.crop_margin, contract.crop_square)
             assert crop.shape == (y1 - y0, x1 - x0, 3) and crop.shape[0] == crop.shape[1]
@@ -144,9 +144,11 @@ def test_no_face_anywhere_is_a_clear_error_with_fixes(plain_video):
         sources.load_source(plain_video, frame_step=5, contract=GRAY)
     text = str(err.value)
     assert "no face found in any of the 6 sampled frames" in text
-    for fix in ("--calib-detector face_detection_yunet_2023mar.onnx", "--calib-frame-step (now 5)",
-                "folder of face crops", "--calib-detector none"):
+    for fix in ("--calib-frame-step (now 5)", "folder of face crops", "--calib-detector none"):
         assert fix in text
+    assert "YuNet" in text and "drop --calib-detector haar" not in text     # the default already is YuNet
+    with pytest.raises(DataError, match="drop --calib-detector haar"):
+        sources.load_source(plain_video, frame_step=5, contract=GRAY, detector="haar")
 
 
 def test_detector_none_keeps_whole_frames_and_says_so(plain_video):

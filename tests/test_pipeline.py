@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import cv2
@@ -66,9 +65,9 @@ def scene(faces: int = 1, size=(640, 480), shift=(0, 0)) -> np.ndarray:
     return frame
 
 
-def write_tiny_classifier(path: Path, size: int = 32) -> Path:
+def write_tiny_classifier(path: Path, size: int = 32, weights_sha256: str = "") -> Path:
     """A real (if tiny) fer-edge ONNX artifact: gray 32x32 -> Flatten -> Gemm -> 7 logits, contract embedded,
-    written with its sidecar by the exporters' own writer."""
+    written with its sidecar by the exporters' own writer. weights_sha256: the source weights it claims."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from fer_edge.models.artifact_writer import embed_contract
@@ -83,7 +82,7 @@ def write_tiny_classifier(path: Path, size: int = 32) -> Path:
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     contract = ModelContract(arch="tiny-test", labels=list(FER2013_LABELS), input_size=size, channels=1,
-                             color_order="GRAY", mean=[0.5], std=[0.5]).validate()
+                             color_order="GRAY", mean=[0.5], std=[0.5], source_weights_sha256=weights_sha256).validate()
     embed_contract(proto, contract)
     onnx.checker.check_model(proto)
     from fer_edge.models.artifact_writer import write_artifact
@@ -184,21 +183,39 @@ def test_track_ids_stay_with_a_moving_face(pipeline):
     assert ids == [1] * 6
 
 
-# ------------------------------------------------------------------ Haar default
+# ------------------------------------------------------------------ detectors: bundled YuNet, Haar when named
 @needs_export_stack
-def test_no_detector_means_haar_or_a_clear_error(tiny_model, caplog):
-    from fer_edge.runtime.errors import BackendUnavailableError
+def test_no_detector_means_the_bundled_yunet_even_without_cascade_classifier(tiny_model, monkeypatch):
+    from fer_edge.pipeline.fer_pipeline import FerPipeline
+    from fer_edge.pipeline.yunet import BUNDLED_YUNET
+    monkeypatch.delattr(cv2, "CascadeClassifier", raising=False)    # as on OpenCV 5: the default must not need it
+    pipe = FerPipeline(tiny_model, threads=1)
+    assert pipe.detector.name == "yunet" and pipe.detector.path == str(BUNDLED_YUNET)
+    results = pipe(scene(1))
+    assert len(results) == 1 and results[0].landmarks.shape == (5, 2) and results[0].detection_score > 0.6
+
+
+@needs_export_stack
+def test_haar_only_when_named(tiny_model):
     from fer_edge.pipeline.haar import haar_available
     from fer_edge.pipeline.fer_pipeline import FerPipeline
-    if not haar_available():  # OpenCV 5 dropped the cascade: the default must say so and name the fix
-        with pytest.raises(BackendUnavailableError, match="YuNet"):
-            FerPipeline(tiny_model)
-        return
-    with caplog.at_level("WARNING", logger="fer_edge.runtime"):
-        pipe = FerPipeline(tiny_model)
+    if not haar_available():
+        pytest.skip("this OpenCV has no Haar cascade (OpenCV 5); covered by the missing-CascadeClassifier test")
+    pipe = FerPipeline(tiny_model, detector="haar")
     assert pipe.detector.name == "haar"
     results = pipe(scene(1))
     assert len(results) == 1 and results[0].landmarks is None
+
+
+def test_asking_for_haar_without_cascade_classifier_names_the_fix(monkeypatch):
+    from fer_edge.pipeline.detectors import create_detector
+    from fer_edge.runtime.errors import BackendUnavailableError
+    monkeypatch.delattr(cv2, "CascadeClassifier", raising=False)    # what OpenCV 5's package looks like
+    with pytest.raises(BackendUnavailableError) as err:
+        create_detector("haar")
+    assert "bundled YuNet" in str(err.value) and "pip install 'opencv-python-headless>=4.8,<5'" in str(err.value)
+    with pytest.raises(ValueError, match="Haar cascade has no face score"):
+        create_detector("haar", score_threshold=0.5)
 
 
 def test_haar_detects_the_astronaut_when_opencv_has_it():
@@ -209,6 +226,39 @@ def test_haar_detects_the_astronaut_when_opencv_has_it():
     assert len(faces) == 1
     x, y, w, h = faces[0].box
     assert 200 < x + w / 2 < 440 and 120 < y + h / 2 < 360
+
+
+# ------------------------------------------------------------------ box format: (x, y, w, h), never corners
+@needs_export_stack
+def test_corner_boxes_fail_loudly_where_they_can_be_told_apart(tiny_model):
+    from fer_edge.pipeline.fer_pipeline import FerPipeline
+    from fer_edge.runtime.errors import InputError
+    from fer_edge.runtime.preprocess import crop_face
+    pipe = FerPipeline(tiny_model, threads=1)
+    frame = scene(4)                                                 # 640x480, faces in each quadrant
+    face = max(pipe(frame), key=lambda r: r.box[0])                  # a right-hand face: x + x1 passes the edge
+    x, y, w, h = face.box
+    corners = (x, y, x + w, y + h)                                   # the mix-up the README once showed
+    with pytest.raises(InputError, match=r"looks like \(x0, y0, x1, y1\) corners: pass \(x0, y0, x1 - x0, y1 - y0\)"):
+        crop_face(frame, corners, pipe.model.contract)
+    with pytest.raises(InputError, match="corners"):
+        pipe(frame, boxes=[corners])
+    assert pipe(frame, boxes=[face.box])[0].label == face.label       # the same box as (x, y, w, h) works
+
+
+@needs_export_stack
+def test_the_readme_runtime_example_runs_on_detector_boxes(tiny_model, capsys):
+    from conftest import REPO
+    from fer_edge.pipeline.detectors import create_detector
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("### The runtime in your camera loop")[1].split("```python\n")[1].split("```")[0]
+    shipped = '"fer-artifacts/tf_efficientnetv2_b0_48px_fer2013_fp32.onnx"'
+    assert shipped in code
+    frame = scene(4)
+    exec(code.replace(shipped, repr(str(tiny_model))), {"frame": frame, "boxes": [d.box for d in
+                                                                                  create_detector().detect(frame)]})
+    printed = capsys.readouterr().out.split("\n")                # numpy may wrap a probability vector
+    assert sum(line.split(" ")[0] in FER2013_LABELS for line in printed) == 4
 
 
 # ------------------------------------------------------------------ tracker
@@ -304,19 +354,19 @@ def test_smoothing_config_errors():
 
 # ------------------------------------------------------------------ benchmark
 @needs_export_stack
-@needs_yunet
 def test_pipeline_benchmark_writes_a_report(tmp_path, tiny_model):
     import json
     from fer_edge.benchmarks.pipeline_bench import main
     prefix = tmp_path / "pipeline_cpu"
     photo = tmp_path / "photo.png"
     cv2.imwrite(str(photo), face_photo())
-    rc = main(["--pipeline", str(photo), "--model", str(tiny_model), "--detector", str(YUNET_320),
+    rc = main(["--pipeline", str(photo), "--model", str(tiny_model),                   # default detector
                "--faces-per-frame", "1,4", "--iterations", "3", "--warmup", "1", "--smoothing-frames", "12",
                "--threads", "1", "--no-progress", "--pipeline-report", str(prefix)])
     assert rc == 0
     report = json.loads(prefix.with_suffix(".json").read_text())
     assert list(report["configs"]) == ["1_faces", "4_faces"]
+    assert report["detector"] == "YuNetDetector(face_detection_yunet_2023mar.onnx, frames fitted into 320x320)"
     four = report["configs"]["4_faces"]
     assert 1 <= four["faces_detected_min"] <= four["faces_detected_max"] <= 4
     if astronaut_path() is not None:                                 # the astronaut is found every time

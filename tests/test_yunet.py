@@ -108,7 +108,7 @@ def test_wrong_model_files_are_refused(tmp_path):
     from fer_edge.runtime.errors import ModelLoadError
     with pytest.raises(ModelLoadError, match="no such YuNet"):
         create_detector(tmp_path / "missing.onnx")
-    with pytest.raises(ModelLoadError, match="unknown detector file"):
+    with pytest.raises(ModelLoadError, match="unknown face detector"):
         create_detector(tmp_path / "face.xml")
 
 
@@ -119,3 +119,92 @@ def test_fer_model_is_not_a_yunet(tiny_model):
     from fer_edge.pipeline.yunet import YuNetDetector
     with pytest.raises(ModelLoadError, match="not a YuNet"):
         YuNetDetector(tiny_model)
+
+
+# ------------------------------------------------------------------ the bundled YuNet (no ../shared needed)
+ZOO_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"  # OpenCV Zoo's LFS pointer
+
+
+def test_bundled_model_is_the_opencv_zoo_file_with_its_licence_and_notice():
+    import importlib.resources
+    from conftest import REPO
+    from fer_edge.pipeline.yunet import BUNDLED_YUNET
+    from fer_edge.runtime.artifact_io import sha256_file
+    installed = importlib.resources.files("fer_edge.pipeline") / "models"      # what the package data ships
+    assert (installed / BUNDLED_YUNET.name).is_file() and (installed / "LICENSE").is_file()
+    assert sha256_file(BUNDLED_YUNET) == ZOO_SHA256
+    licence = (BUNDLED_YUNET.parent / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0" in licence and "Shiqi Yu" in licence
+    notice = (REPO / "NOTICE").read_text()
+    assert BUNDLED_YUNET.name in notice and ZOO_SHA256 in notice and "pipeline/models/LICENSE" in notice
+
+
+@pytest.mark.parametrize("faces", [1, 4])
+def test_default_detector_is_the_bundled_yunet_at_320_and_matches_opencv(faces):
+    from fer_edge.pipeline.detectors import create_detector
+    from fer_edge.pipeline.yunet import BUNDLED_YUNET, letterbox
+    detector = create_detector(score_threshold=0.5)
+    assert detector.path == str(BUNDLED_YUNET) and (detector.input_w, detector.input_h) == (320, 320)
+    frame = scene(faces)                                             # 640x480 -> 320x240, padded to 320x256
+    ours = detector.detect(frame)
+    boxed, scale = letterbox(frame, 320, 240, 32)
+    assert boxed.shape == (256, 320, 3) and scale == 0.5
+    assert len(ours) == faces
+    # OpenCV's own detector, given the same file and the same 320x256 input, finds the same faces.
+    assert_same_faces(ours, opencv_faces(BUNDLED_YUNET, boxed), scale, tol_px=2 / scale)
+
+
+def test_freeing_the_size_computes_what_the_same_weights_exported_at_that_size_compute():
+    ort = pytest.importorskip("onnxruntime")
+    from fer_edge.pipeline.onnx_free_size import free_image_size
+    from fer_edge.pipeline.yunet import BUNDLED_YUNET, letterbox
+    original = BUNDLED_YUNET.read_bytes()
+    freed = ort.InferenceSession(free_image_size(original), providers=["CPUExecutionProvider"])
+    assert freed.get_inputs()[0].shape[2:] == ["height", "width"]
+    at_640 = letterbox(scene(4), 640, 640)[0].transpose(2, 0, 1)[None].astype(np.float32)
+    fixed = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+    for a, b in zip(freed.run(None, {"input": at_640}), fixed.run(None, {"input": at_640})):
+        np.testing.assert_array_equal(a, b)                          # at its own size: the very same numbers
+    if not FIXED_320.exists():
+        pytest.skip(f"needs {FIXED_320} for the comparison at 320")
+    at_320 = letterbox(scene(4), 320, 320)[0].transpose(2, 0, 1)[None].astype(np.float32)
+    export_320 = ort.InferenceSession(str(FIXED_320), providers=["CPUExecutionProvider"])
+    for a, b in zip(freed.run(None, {"input": at_320}), export_320.run(None, {"input": at_320})):
+        np.testing.assert_array_equal(a, b)                          # = the same weights exported at 320
+
+
+def test_a_graph_that_only_runs_at_its_own_size_is_refused_at_load(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+    from fer_edge.pipeline.yunet import BUNDLED_YUNET, YuNetDetector
+    from fer_edge.runtime.errors import ModelLoadError
+    proto = onnx.load(str(BUNDLED_YUNET))
+    # Pin the stride-8 reshape to the 640 grid (80x80 cells), as an exporter that bakes in sizes would.
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([1, 6400, 1], np.int64), "pinned"))
+    reshapes = [n for n in proto.graph.node if n.op_type == "Reshape"]
+    reshapes[0].input[1] = "pinned"
+    pinned = tmp_path / "pinned.onnx"
+    pinned.write_bytes(proto.SerializeToString())
+    assert len(YuNetDetector(pinned).detect(scene(1))) == 1          # at its own size it still works
+    with pytest.raises(ModelLoadError, match="does not run at 320x320"):
+        YuNetDetector(pinned, input_size=320)
+
+
+def test_a_truncated_model_is_a_clear_error(tmp_path):
+    from fer_edge.pipeline.onnx_free_size import free_image_size
+    from fer_edge.pipeline.yunet import BUNDLED_YUNET
+    from fer_edge.runtime.errors import ModelLoadError
+    with pytest.raises(ModelLoadError, match="not a readable ONNX file"):
+        free_image_size(BUNDLED_YUNET.read_bytes()[:1000], "half.onnx")
+
+
+def test_detector_names():
+    from fer_edge.pipeline.detectors import create_detector
+    from fer_edge.pipeline.yunet import BUNDLED_YUNET
+    from fer_edge.runtime.errors import ModelLoadError
+    assert create_detector("yunet").path == str(BUNDLED_YUNET)
+    assert create_detector("YuNet", input_size=640).input_w == 640
+    with pytest.raises(ModelLoadError, match="unknown face detector.*'haar'"):
+        create_detector("mediapipe")
+    with pytest.raises(ValueError, match="too small"):
+        create_detector(input_size=16)
