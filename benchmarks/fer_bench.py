@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -25,6 +25,7 @@ class BenchOptions:
     """What fer-bench measures; the CLI checks each value before building this."""
     models: List[str]
     batches: List[int]
+    backends: Optional[List[str]] = None        # each .onnx runs on every one of these; None: its default backend
     warmup: int = 10
     iterations: Optional[int] = 50              # None: duration-bound
     duration: Optional[float] = None
@@ -41,8 +42,19 @@ class BenchOptions:
     command: str = "fer-bench"
 
 
+def model_backends(paths: List[str], backends: Optional[List[str]]) -> List[Tuple[str, Optional[str]]]:
+    """The (artifact, backend) pairs fer-bench loads, model by model: every .onnx once per backend, in the
+    order given; other artifacts (engines) once, on their own backend."""
+    if not backends:
+        return [(path, None) for path in paths]
+    return [(path, backend) for path in paths
+            for backend in (backends if Path(path).suffix.lower() == ".onnx" else [None])]
+
+
 def model_entry(model, bench_settings: Dict) -> Dict:
     return {"path": str(model.path), "precision": model.precision, "backend": model.backend.name,
+            # INT8: what is not INT8 (e.g. "int8+fp16 (23/24 blocks fp16)"), from the contract's precision_mix
+            "precision_label": model.contract.precision_label(), "precision_mix": model.contract.precision_mix,
             "size_mb": model.path.stat().st_size / 1e6, "labels": model.labels,
             "input": [model.contract.channels, model.contract.input_size, model.contract.input_size],
             "bench_settings": bench_settings, "latency": {}, "accuracy": None, "agreement_with_reference": None}
@@ -66,7 +78,7 @@ def _accuracy_entry(faces, predictions, model, position: int, report_dir: Option
     if report_dir is not None:
         png = report_dir / f"confusion_{position}_{model.path.stem}.png"
         write_confusion_png(png, metrics["confusion_matrix"], model.labels,
-                            f"{model.path.name} ({model.precision}) on {faces.source}")
+                            f"{model.path.name} ({model.precision}, {model.backend.name}) on {faces.source}")
         metrics["confusion_png"] = png.name
     return metrics
 
@@ -116,7 +128,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     """Load every model, score accuracy on options.data, time all models round-robin; returns the report.
 
     Every model loads first, so a missing or broken artifact fails in seconds, not after the first model's run."""
-    models = [load(path, threads=options.threads) for path in options.models]
+    models = [load(path, threads=options.threads, backend=backend)
+              for path, backend in model_backends(options.models, options.backends)]
     entries = [model_entry(m, dict(getattr(m.backend, "bench_settings", {}) or {})) for m in models]
     faces = _evaluate(models, entries, options, log) if options.data else None
     crop_source = (f"real crops from {faces.source}" if faces is not None
@@ -127,7 +140,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     settings = {"batches": options.batches, "warmup": options.warmup, "iterations": options.iterations,
                 "duration_s": options.duration, "threads": options.threads, "latency_faces": crop_source,
                 "data": options.data, "split": options.split, "limit": options.limit, "eval_batch": options.eval_batch,
-                "reference": str(models[0].path), "unknown_classes": options.unknown_classes,
+                "reference": str(models[0].path), "reference_backend": models[0].backend.name,
+                "backends": options.backends, "unknown_classes": options.unknown_classes,
                 "npz_labels": options.npz_labels,
                 "label_map": options.label_map,
                 "schedule": (f"models timed round-robin: per batch size, each round runs every model in turn, a block "

@@ -3,24 +3,34 @@ real faces, and print trtexec-style latency. Run it on the Jetson / desktop GPU 
 
     python -m fer_edge.benchmarks.gpu_check --artifacts fer-artifacts --data fer2013_publictest.npz
 
-It refuses (exit 3) on a machine without TensorRT or a CUDA GPU, naming what is missing.
+Per engine: parity with ONNX Runtime; batch sizes 1 -> 2 -> 1 -> 3 -> 1 with CUDA graphs on and calls from 8
+threads, every output row against ONNX Runtime (benchmarks/serving_checks); for FP16 and INT8, the layer
+precisions from TensorRT's engine inspector (benchmarks/layer_precisions: INT8 where the ONNX is quantized, FP16
+elsewhere, no FP32 compute); for INT8, the accuracy gate the ONNX passed, re-run on the engine with the same
+validation faces and rule (calibration/gate_replay). Any failed check: exit 1, with FAIL lines saying why.
+It refuses (exit 3) on a machine without TensorRT or a CUDA GPU, naming what is missing. Budget: under 10
+minutes for the FP16 and INT8 engines of the bundled model on one GPU (two builds dominate).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
-from fer_edge.benchmarks import trtexec_stats
+from fer_edge.benchmarks import serving_checks, trtexec_stats
 from fer_edge.benchmarks.jetson import jetson_state
 from fer_edge.benchmarks.latency import summarize
+from fer_edge.benchmarks.layer_precisions import InspectorFormatError, engine_information, layer_precision_problems
+from fer_edge.calibration.gate_replay import recorded_gate
+from fer_edge.calibration.quantize import int8_layers
 from fer_edge.cli_support import EXIT_CHECK_FAILED, EXIT_OK, new_parser, run_cli
 from fer_edge.data.datasets import default_fer2013_publictest, load_faces
 from fer_edge.data.metrics import Comparison, compare_outputs
-from fer_edge.export.engine_build import build_engine, import_builder, local_gpu, options_with_preset
+from fer_edge.export.engine_build import BuildOptions, build_engine, import_builder, local_gpu, options_with_preset
 from fer_edge.models.artifact_writer import atomic_write_json
 from fer_edge.runtime import load
 from fer_edge.runtime.errors import BackendUnavailableError, FerEdgeError
@@ -52,11 +62,27 @@ def find_sources(artifacts: Path, onnx: Optional[List[str]]) -> List[Path]:
     return found
 
 
-def parity(onnx_path: Path, engine_model, faces, precision: str) -> Dict[str, object]:
-    reference = load(onnx_path)
-    ref = reference.predict_proba(faces.images)
-    got = engine_model.predict_proba(faces.images)
-    return parity_record(compare_outputs(ref, got, faces.targets), precision)
+def layer_check(onnx_path: Path, engine_model) -> Dict[str, object]:
+    """The engine inspector's layer precisions against the ONNX: INT8 where it reads Q/DQ, FP16 elsewhere."""
+    layers = int8_layers(onnx_path.read_bytes())
+    info = engine_information(engine_model.backend.engine, engine_model.backend.flavour.module)
+    int8 = [name for name, quantized in layers.items() if quantized]
+    problems = layer_precision_problems(info, int8, [name for name in layers if name not in int8])
+    return {"layers": len(info["Layers"]), "problems": problems, "passed": not problems}
+
+
+def gate_check(onnx_path: Path, engine_model, args) -> Dict[str, object]:
+    """The INT8 gate the ONNX passed, re-run on the engine: same validation faces, same rule, FP32 reference."""
+    gate = recorded_gate(onnx_path, args.gate_calib, args.gate_val)
+    return gate.judge(gate.fp32_logits(engine_model.contract.input_name), engine_model.infer(gate.tensors))
+
+
+def _guarded(check: Callable[[], Dict[str, object]]) -> Dict[str, object]:
+    """A check that cannot run (no inspector detail, no recorded gate faces) fails with its reason, loudly."""
+    try:
+        return check()
+    except (FerEdgeError, InspectorFormatError) as exc:
+        return {"passed": False, "error": str(exc)}
 
 
 def parity_record(result: Comparison, precision: str) -> Dict[str, object]:
@@ -93,22 +119,70 @@ def engine_latency(model, face, iterations: int, warmup_ms: float) -> Dict[str, 
             "predict_over_gpu_compute": summary["predict_end_to_end"]["median"] / summary["gpu_compute"]["median"]}
 
 
+def build_options(args) -> BuildOptions:
+    # The layer check reads per-layer precisions, which TensorRT's inspector gives only for engines built with
+    # ProfilingVerbosity.DETAILED; an engine_build without that option makes the layer check fail, saying so.
+    detailed = {"detailed_profiling": True} if "detailed_profiling" in {
+        f.name for f in dataclasses.fields(BuildOptions)} else {}
+    return options_with_preset(None, batch=(1, 1, args.max_batch), timing_cache=args.timing_cache, **detailed)
+
+
 def check_one(onnx_path: Path, args, data: str) -> Dict[str, object]:
-    options = options_with_preset(None, batch=(1, 1, args.max_batch), timing_cache=args.timing_cache)
-    built = build_engine(onnx_path, out_dir=args.out, options=options, flavour=args.trt)
+    built = build_engine(onnx_path, out_dir=args.out, options=build_options(args), flavour=args.trt)
     with load(built.path, cuda_graph=not args.no_cuda_graph, spin_wait=args.spin_wait) as model:
         precision = model.precision
         faces = load_faces(data, labels=model.labels, split=args.split, limit=args.count)  # targets in model order
-        return {"onnx": str(onnx_path), "engine": str(built.path), "precision": precision,
-                "bench_settings": model.backend.bench_settings,
-                "parity": parity(onnx_path, model, faces, precision),
-                "latency_batch1": engine_latency(model, faces.images[0], args.iterations, args.warmup_ms)}
+        ref = load(onnx_path).predict_proba(faces.images)
+        result = {"onnx": str(onnx_path), "engine": str(built.path), "precision": precision,
+                  "precision_label": model.contract.precision_label(), "bench_settings": model.backend.bench_settings,
+                  "parity": parity_record(compare_outputs(ref, model.predict_proba(faces.images), faces.targets),
+                                          precision),
+                  "batch_sequence": _guarded(lambda: {"cuda_graph": not args.no_cuda_graph,
+                                                      **serving_checks.batch_sequence_check(
+                                                          model.predict_proba, faces.images, ref)}),
+                  "threads": _guarded(lambda: serving_checks.threaded_check(model.predict_proba, faces.images, ref))}
+        if precision in ("fp16", "int8"):
+            result["layers"] = _guarded(lambda: layer_check(onnx_path, model))
+        if precision == "int8":
+            result["gate"] = _guarded(lambda: gate_check(onnx_path, model, args))
+        result["latency_batch1"] = engine_latency(model, faces.images[0], args.iterations, args.warmup_ms)
+        return result
+
+
+CHECKS = ("parity", "batch_sequence", "threads", "layers", "gate")
+
+
+def failures(result: Dict[str, object]) -> List[str]:
+    """One line per failed check of an engine, saying why."""
+    lines = []
+    for name in CHECKS:
+        check = result.get(name)
+        if check is None or check.get("passed"):
+            continue
+        if "error" in check:
+            why = f"could not run: {check['error']}"
+        elif name == "gate":
+            why = (f"the engine breaks the accuracy gate its ONNX passed ({check['rule']} on {check['validation']}): "
+                   f"ONNX {check['onnx']}, engine {check['candidate']}")
+        elif name == "layers":
+            why = f"{len(check['problems'])} layer(s) in the wrong precision: " + "; ".join(check["problems"][:3])
+        elif name == "batch_sequence":
+            bad = [s for s in check["steps"] if not s["top1_match"]]
+            why = (f"batch sizes {check['sizes']} (CUDA graphs {'on' if check['cuda_graph'] else 'off'}): wrong "
+                   f"outputs at steps {bad[:3]}")
+        elif name == "threads":
+            why = (f"{check['mismatched_calls']} call(s) from {check['threads']} threads gave other faces' classes; "
+                   f"errors: {check['errors'][:3]}")
+        else:
+            why = f"top-1 agreement {check['top1_agreement']:.4f} < {check['min_agreement']}"
+        lines.append(f"FAIL {Path(result['engine']).name} {name}: {why}")
+    return lines
 
 
 def print_report(results: List[Dict[str, object]]) -> None:
     for r in results:
         p = r["parity"]
-        print(f"\n## {Path(r['engine']).name} ({r['precision']})")
+        print(f"\n## {Path(r['engine']).name} ({r['precision_label']})")
         print(f"parity vs ONNX Runtime on {p['faces']} faces: top-1 agreement {p['top1_agreement']:.4f} "
               f"(min {p['min_agreement']}), max |dprob| {p['max_abs_prob_diff']:.4f} -> "
               f"{'PASS' if p['passed'] else 'FAIL'}")
@@ -121,6 +195,10 @@ def print_report(results: List[Dict[str, object]]) -> None:
               f"(goal <= 1.5x); throughput {lat['throughput_qps']:.0f} qps")
         for note in lat["warnings"]:
             print(f"WARNING: {note}")
+        passed = [name for name in CHECKS if name != "parity" and (r.get(name) or {}).get("passed")]
+        print(f"passed: {', '.join(passed) or 'none'}")
+        for line in failures(r):
+            print(line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cuda-graph", action="store_true", help="plain enqueue instead of a CUDA graph")
     parser.add_argument("--spin-wait", action="store_true", help="busy-wait on events (lower latency, more CPU)")
     parser.add_argument("--trt", default="auto", choices=("auto", "tensorrt", "tensorrt_rtx"))
+    parser.add_argument("--gate-calib", metavar="PATH", help="INT8 gate re-run: the calibration source the INT8 "
+                        "artifact was gated on, when it is not at the path its sidecar records")
+    parser.add_argument("--gate-val", metavar="PATH", help="INT8 gate re-run: its --val faces, when not at the "
+                        "recorded path")
     parser.add_argument("--report", help="also write the results as JSON here")
     return parser
 
@@ -162,7 +244,10 @@ def _main(argv: List[str]) -> int:
                                         "jetson": jetson_state() if Path("/etc/nv_tegra_release").exists() else None,
                                         "command": ["python", "-m", "fer_edge.benchmarks.gpu_check"] + argv})
         print(f"wrote {args.report}")
-    return EXIT_OK if all(r["parity"]["passed"] for r in results) else EXIT_CHECK_FAILED
+    failed = [line for r in results for line in failures(r)]
+    for line in failed:  # again on stderr, after the report, so a failure is the last thing seen
+        print(line, file=sys.stderr)
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,5 +1,7 @@
 """Measure the INT8 pipeline on a model: per calibration method, accuracy before/after the gate and wall time,
-the CPU-target variant, and ONNX Runtime CPU latency FP32 vs INT8 side by side.
+the CPU-target variant, and ONNX Runtime CPU latency FP32 vs INT8 side by side. With --ablation, the TensorRT
+recipe's two choices are measured one by one on the same calibration and gate: FP32 vs FP16 float part, and
+squeeze-excite convs + classifier quantized vs kept float (the earlier recipe is FP32 + quantized).
 
     python -m fer_edge.benchmarks.int8_bench --fp32 fer-artifacts/<name>_fp32.onnx \\
         --calib ../shared/data/fer2013/fer2013_train_1of2.npz --val ../shared/data/fer2013/fer2013_publictest.npz \\
@@ -22,7 +24,7 @@ import numpy as np
 from fer_edge.benchmarks.latency import discard, run_interleaved, summarize
 from fer_edge.benchmarks.report import environment, environment_markdown
 from fer_edge.calibration.int8_export import Int8Options, export_int8
-from fer_edge.calibration.quantize import CALIBRATION_METHODS
+from fer_edge.calibration.quantize import CALIBRATION_METHODS, TrtRecipe
 from fer_edge.calibration.synthesize import shipped_set_for_reference_model
 from fer_edge.cli_support import new_parser, run_cli
 from fer_edge.export.exporter import export_model
@@ -67,8 +69,19 @@ def export_checkpoint(checkpoint: str, out_dir: Path, parity_data: str, parity_s
                         parity_count=512)["fp32"].path
 
 
+# --ablation: (name, recipe), the default recipe first; "v1" is the graph fer-edge wrote before FP16 islands.
+ABLATION = (("fp16, SE+classifier float", TrtRecipe()), ("fp16, all quantized", TrtRecipe("float16", False)),
+            ("fp32, SE+classifier float", TrtRecipe("float32", True)), ("v1: fp32, all quantized",
+                                                                        TrtRecipe("float32", False)))
+
+
+def _recipe_name(recipe: TrtRecipe) -> str:
+    return next(name for name, r in ABLATION if r == recipe)
+
+
 def run(fp32: Path, calib: str, calib_split: Optional[str], val: str, val_split: Optional[str], methods: List[str],
-        count: int, out: Path, command: str, note: str = "", synthetic: Optional[str] = None) -> Dict[str, object]:
+        count: int, out: Path, command: str, note: str = "", synthetic: Optional[str] = None,
+        ablation: bool = False) -> Dict[str, object]:
     contract = sidecar_contract(fp32)
     if contract is None:
         raise FerEdgeError(f"{fp32}: no sidecar; pass an FP32 artifact written by fer-export")
@@ -77,29 +90,36 @@ def run(fp32: Path, calib: str, calib_split: Optional[str], val: str, val_split:
                "calibration_split": calib_split, "validation": val, "validation_split": val_split,
                "count": count, "note": note, "runs": []}
     artifacts = {}
-    plans = [(m, calib, calib_split, "tensorrt", "auto") for m in methods]
+    default = TrtRecipe()
+    plans = [(m, calib, calib_split, "tensorrt", "auto", default) for m in methods]
+    if ablation:
+        plans += [(methods[0], calib, calib_split, "tensorrt", "auto", recipe) for _, recipe in ABLATION[1:]]
     if synthetic:
         # The shipped synthetic set against real faces: same method, count and validation faces.
-        plans.append((methods[0], synthetic, None, "tensorrt", "auto"))
-    plans.append((methods[0], calib, calib_split, "cpu", "auto"))
+        plans.append((methods[0], synthetic, None, "tensorrt", "auto", default))
+    plans.append((methods[0], calib, calib_split, "cpu", "auto", default))
     # A stricter gate (agreement >= 99.5%) exercises the sensitivity fallback on real faces.
-    plans.append((methods[0], calib, calib_split, "tensorrt", "agreement"))
-    for method, source, split, target, gate_on in plans:
+    plans.append((methods[0], calib, calib_split, "tensorrt", "agreement", default))
+    for method, source, split, target, gate_on, recipe in plans:
         with tempfile.TemporaryDirectory(prefix="fer-int8-bench-") as tmp:
             options = Int8Options(calib=source, calib_split=split, calib_count=count, calib_method=method,
                                   val=val, val_split=val_split, target=target, calib_cache=str(Path(tmp) / "cache"),
-                                  gate_on=gate_on, min_agreement=0.995 if gate_on == "agreement" else 0.99)
+                                  gate_on=gate_on, min_agreement=0.995 if gate_on == "agreement" else 0.99,
+                                  recipe=recipe)
             logs: List[str] = []
             t0 = time.perf_counter()
             row = {"method": method, "calibration": Path(source).name + (f" [{split}]" if split else ""),
-                   "target": target, "gate_on": gate_on}
+                   "target": target, "gate_on": gate_on,
+                   "recipe": _recipe_name(recipe) if target == "tensorrt" else "uint8 asymmetric, fp32"}
             try:
                 path = export_int8(fp32, options, source, out_dir=Path(tmp), log=logs.append)
                 side = json.loads(Path(str(path) + ".json").read_text())
                 row.update(passed=True, wall_s=round(time.perf_counter() - t0, 1), gate=side["gate"],
-                           ranges_s=side["calibration"]["ranges_seconds"])
-                if gate_on == "auto":
-                    artifacts[f"int8-{target}-{method}"] = path.read_bytes()
+                           ranges_s=side["calibration"]["ranges_seconds"],
+                           precision_mix=side["contract"]["precision_mix"])
+                if gate_on == "auto" and recipe in (default, ABLATION[-1][1]):
+                    suffix = "" if recipe == default else "-v1"
+                    artifacts.setdefault(f"int8-{target}-{method}{suffix}", path.read_bytes())
             except FerEdgeError as exc:
                 row.update(passed=False, wall_s=round(time.perf_counter() - t0, 1), error=str(exc))
             row["log"] = logs
@@ -108,8 +128,9 @@ def run(fp32: Path, calib: str, calib_split: Optional[str], val: str, val_split:
                   flush=True)
     latency_models = {"fp32": fp32.read_bytes()}
     for name in artifacts:
-        if name.startswith("int8-tensorrt-"):
+        if name.startswith("int8-tensorrt-") and not name.endswith("-v1"):
             latency_models[name] = artifacts[name]
+            latency_models.update({n: artifacts[n] for n in [name + "-v1"] if n in artifacts})
             break
     for name in artifacts:
         if name.startswith("int8-cpu-"):
@@ -133,17 +154,19 @@ def render(r: Dict[str, object]) -> str:
              + (f" [{r['calibration_split']}]" if r['calibration_split'] else "") + ", stratified by class, seed 0",
              f"- Validation (gate): `{r['validation']}`" + (f" [{r['validation_split']}]" if r['validation_split'] else ""),
              "", "## Accuracy and time per calibration", "",
-             "| method | calibration set | target | gate | FP32 top-1 | INT8 top-1 before gate | drop before | INT8 top-1 after | drop after | agreement after | kept in float | ranges s | total s (calib + gate) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | calibration set | target | recipe | gate | FP32 top-1 | INT8 top-1 before gate | drop before | INT8 top-1 after | drop after | agreement after | kept in float | ranges s | total s (calib + gate) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["runs"]:
+        recipe = row.get("recipe", "v1: fp32, all quantized")  # results written before the recipe was recorded
         if not row["passed"]:
-            lines.append(f"| {row['method']} | {row['calibration']} | {row['target']} | {row['gate_on']} | "
+            lines.append(f"| {row['method']} | {row['calibration']} | {row['target']} | {recipe} | {row['gate_on']} | "
                          f"gate failed: {row['error'][:160]} | | | | | | | | {row['wall_s']} |")
             continue
         g = row["gate"]
         b, a = g["before"], g["after"]
         kept = ", ".join(g["kept_in_higher_precision"]["blocks"]) or "none"
-        lines.append(f"| {row['method']} | {row['calibration']} | {row['target']} | {g['rule']} | {_pct(b['fp32_top1'])} | "
+        lines.append(f"| {row['method']} | {row['calibration']} | {row['target']} | {recipe} | {g['rule']} | "
+                     f"{_pct(b['fp32_top1'])} | "
                      f"{_pct(b['int8_top1'])} | {b['drop_points']:+.2f} | {_pct(a['int8_top1'])} | "
                      f"{a['drop_points']:+.2f} | {_pct(a['agreement'])} | {kept} | {row['ranges_s']} | {row['wall_s']} |")
     lines += ["", "## ONNX Runtime CPU latency (2 threads, ms; rounds of 20 calls per model at batch 1, 4 at batch 32, "
@@ -172,6 +195,9 @@ def build_parser():
     parser.add_argument("--synthetic", metavar="PATH|shipped",
                         help="also calibrate on this unlabelled synthetic set ('shipped': the set fer-export --int8 "
                              "uses for the bundled model) and gate it on the same --val faces")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also run the TensorRT recipe's variants (FP32 float part; SE convs and classifier "
+                             "quantized; both = the earlier recipe) with the first method, same calibration and gate")
     parser.add_argument("--note", default="", help="a line printed under the title (e.g. which model this is)")
     parser.add_argument("--out", default="benchmarks/results/int8_reference", help="output stem (.md and .json)")
     return parser
@@ -186,7 +212,7 @@ def _main(argv: List[str]) -> int:
     if synthetic == "shipped":
         synthetic = str(shipped_set_for_reference_model())
     run(fp32, args.calib, args.calib_split, args.val, args.val_split, args.methods.split(","),
-        args.calib_count, Path(args.out), command, args.note, synthetic)
+        args.calib_count, Path(args.out), command, args.note, synthetic, args.ablation)
     print(f"wrote {args.out}.md and {args.out}.json")
     return 0
 

@@ -100,7 +100,8 @@ def warning_lines(warnings: Sequence[str]) -> str:
 
 
 # Libraries whose versions every result header lists, in this order, when installed.
-VERSIONED_LIBRARIES = ("python", "numpy", "onnxruntime", "opencv", "onnx", "torch", "tensorrt", "tensorrt_rtx")
+VERSIONED_LIBRARIES = ("python", "numpy", "onnxruntime", "openvino", "opencv", "onnx", "torch", "tensorrt",
+                       "tensorrt_rtx")
 # tensorrt-rtx installs under a CUDA-specific distribution name (tensorrt_rtx_cu12 on CUDA 12).
 TENSORRT_RTX_DISTRIBUTIONS = ("tensorrt-rtx", "tensorrt_rtx_cu12")
 
@@ -115,7 +116,8 @@ def environment(command: str) -> Dict[str, object]:
     import numpy
     import onnxruntime
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
-           "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__,
+           "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__, "openvino": package_version("openvino"),
+           "opencv": cv2.__version__,
            "onnx": package_version("onnx"), "torch": package_version("torch"), "tensorrt": package_version("tensorrt"),
            "tensorrt_rtx": tensorrt_rtx_version(), "gpu": gpu_description(),
            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": command,
@@ -142,7 +144,9 @@ def markdown_table(models: Sequence[Dict], batches: Sequence[int]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for entry in models:
         acc = entry.get("accuracy") or {}
-        row = [Path(entry["path"]).name, entry["precision"], entry["backend"], _fmt(entry["size_mb"]),
+        row = [Path(entry["path"]).name, entry["precision_label"],
+               entry["backend"] + (" (zero-copy I/O)" if entry.get("bench_settings", {}).get("zero_copy") else ""),
+               _fmt(entry["size_mb"]),
                _fmt(acc.get("top1"), 4), _fmt(acc.get("macro_f1"), 4), _fmt(entry.get("agreement_with_reference"), 4)]
         for b in batches:
             lat = entry["latency"].get(str(b), {})
@@ -158,12 +162,14 @@ def csv_text(models: Sequence[Dict], warnings: Sequence[str] = ()) -> str:
     """One row per (model, batch, stage) with every statistic, the model's accuracy columns and the run's warnings."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "precision", "backend", "size_mb", "top1", "macro_f1", "agreement_with_reference",
+    writer.writerow(["path", "precision", "precision_label", "backend", "size_mb", "top1", "macro_f1",
+                     "agreement_with_reference",
                      "batch", "stage", *SUMMARY_KEYS, "warnings"])
     run_warnings = " | ".join(warnings)
     for entry in models:
         acc = entry.get("accuracy") or {}
-        ident = [entry["path"], entry["precision"], entry["backend"], f"{entry['size_mb']:.3f}",
+        ident = [entry["path"], entry["precision"], entry["precision_label"],
+                 entry["backend"], f"{entry['size_mb']:.3f}",
                  _fmt(acc.get("top1"), 6), _fmt(acc.get("macro_f1"), 6), _fmt(entry.get("agreement_with_reference"), 6)]
         for batch, stages in entry["latency"].items():
             for stage, stats in stages.items():

@@ -25,10 +25,24 @@ class GateFailed(FerEdgeError, RuntimeError):
     """INT8 cannot meet the accuracy gate even with layers kept in higher precision; nothing was written."""
 
 
-def onnx_logits(model_bytes: bytes, tensors: np.ndarray, input_name: str = "input", threads: Optional[int] = None) -> np.ndarray:
-    session = ort_session(model_bytes, threads)
-    return np.concatenate([session.run(None, {input_name: tensors[i:i + EVAL_BATCH]})[0]
-                           for i in range(0, len(tensors), EVAL_BATCH)])
+# Where the gate runs the models: ONNX Runtime simulates Q/DQ in float; OpenVINO runs real INT8 kernels,
+# whose rounding differs, so a CPU kiosk on OpenVINO gates on the arithmetic it will ship with.
+GATE_BACKENDS = ("onnxruntime", "openvino")
+
+
+def onnx_logits(model_bytes: bytes, tensors: np.ndarray, input_name: str = "input", threads: Optional[int] = None,
+                backend: str = "onnxruntime", precision: Optional[str] = None) -> np.ndarray:
+    """Logits of an in-memory ONNX model on the gate's backend. OpenVINO refuses a model whose compiled kernels
+    contradict `precision` ("fp32": no INT8 or bf16 layer; "int8": INT8 kernels run); None checks only bf16."""
+    if backend == "openvino":
+        from fer_edge.runtime.openvino_backend import OpenVinoBackend
+        model = OpenVinoBackend(model_bytes, threads)
+        model.check_precision(precision, "the gate's model")
+        run = model.run
+    else:
+        session = ort_session(model_bytes, threads)
+        run = lambda batch: session.run(None, {input_name: batch})[0]  # noqa: E731
+    return np.concatenate([run(tensors[i:i + EVAL_BATCH]) for i in range(0, len(tensors), EVAL_BATCH)])
 
 
 def drop_points(result: Comparison) -> Optional[float]:
@@ -85,19 +99,23 @@ class GateResult:
 
 def run_gate(quantize_excluding: Callable[[List[str]], bytes], fp32_bytes: bytes, quantizable, tensors: np.ndarray,
              targets: Optional[np.ndarray], rule: GateRule, input_name: str = "input",
-             log: Callable[[str], None] = print) -> GateResult:
+             log: Callable[[str], None] = print, backend: str = "onnxruntime") -> GateResult:
     """Quantize everything, check; on failure rank blocks and return the worst ones to float until it passes.
 
     Screening uses quantize.keep_in_float on the all-INT8 model (fast); the artifact that passes is then
-    made by a real quantize_static run with nodes_to_exclude and checked again.
+    made by a real quantize_static run with nodes_to_exclude and checked again. `backend` (GATE_BACKENDS) runs
+    every model, FP32 reference included.
     """
+    if backend not in GATE_BACKENDS:
+        raise FerEdgeError(f"gate backend {backend!r}: use one of {GATE_BACKENDS}")
     start = time.perf_counter()
     labelled = targets is not None
-    logits_of = lambda model: onnx_logits(model, tensors, input_name)  # noqa: E731
-    reference = logits_of(fp32_bytes)
+    logits_of = lambda model, precision="int8": onnx_logits(model, tensors, input_name, backend=backend,  # noqa: E731
+                                                            precision=precision)
+    reference = logits_of(fp32_bytes, "fp32")
     full = quantize_excluding([])
     before = compare_outputs(reference, logits_of(full), targets)
-    log(f"gate ({rule.describe(labelled)}) on {len(tensors)} validation faces: {result_line(before)}")
+    log(f"gate ({rule.describe(labelled)}) on {len(tensors)} validation faces, {backend}: {result_line(before)}")
     result = GateResult(full, before, before)
     if rule.passes(before):
         result.seconds = time.perf_counter() - start
@@ -110,7 +128,8 @@ def run_gate(quantize_excluding: Callable[[List[str]], bytes], fp32_bytes: bytes
     with tqdm(total=len(groups), desc="sensitivity (one block INT8 at a time)", unit="block", leave=False) as bar:
         ranking = sensitivity.rank_groups(
             groups, lambda nodes: keep_in_float(full, nodes),
-            lambda model: onnx_logits(model, tensors[subset], input_name), reference[subset],
+            # One block quantized alone may fuse into no INT8 kernel on OpenVINO: check only for bf16.
+            lambda model: onnx_logits(model, tensors[subset], input_name, backend=backend), reference[subset],
             progress=lambda _group: bar.update(1))
     result.sensitivity = ranking
     log("most sensitive blocks: " + ", ".join(f"{r.group} (mse {r.logit_mse:.3g})" for r in ranking[:5]))

@@ -37,7 +37,7 @@ class Int8Options:
     calib_method: str = DEFAULT_METHOD
     calib_seed: int = 0
     calib_frame_step: int = sources.DEFAULT_FRAME_STEP
-    calib_detector: Optional[str] = None  # videos: YuNet .onnx path, None for Haar, "none" for whole frames
+    calib_detector: Optional[str] = None  # videos: None = bundled YuNet, 'haar', a YuNet .onnx, "none" = whole frames
     calib_cache: Optional[str] = None
     val: Optional[str] = None
     val_split: Optional[str] = None
@@ -45,6 +45,8 @@ class Int8Options:
     min_agreement: float = 0.99
     target: str = "tensorrt"
     gate_on: str = "auto"
+    gate_backend: str = "onnxruntime"     # gate.GATE_BACKENDS: where the gate runs FP32 and the INT8 candidates
+    recipe: quantize.TrtRecipe = quantize.TrtRecipe()   # tensorrt target: FP16 float part, small layers float
 
 
 def resolve_calibration(options: Int8Options, reference_model: bool) -> str:
@@ -67,6 +69,7 @@ class CalibrationSet:
     val: FaceSet             # the gate's faces: --val, else a slice of the source held apart from `calib`
     held_apart: bool         # True when `val` is that slice
     contract: ModelContract  # the contract the faces were read for (video crops follow its crop margin)
+    path: str = ""           # the calibration source they were read from
 
 
 # Contract fields that decide how faces are read and labelled; an artifact that differs in one needs a re-read.
@@ -97,7 +100,7 @@ def load_calibration(options: Int8Options, calib_source: str, contract: ModelCon
         calib, _ = sources.split_calibration(faces, options.calib_count, options.calib_seed, holdout=False)
     else:
         calib, val = sources.split_calibration(faces, options.calib_count, options.calib_seed, holdout=True)
-    return CalibrationSet(faces, calib, val, not options.val, contract)
+    return CalibrationSet(faces, calib, val, not options.val, contract, str(calib_source))
 
 
 def _check_read_for(calibration: CalibrationSet, contract: ModelContract, fp32_path: Path) -> None:
@@ -143,12 +146,28 @@ def _ranges(fp32: bytes, tensors: np.ndarray, contract: ModelContract, tkey, cac
     return ranges, key, False
 
 
-def _quantization_summary(target: str) -> dict:
+def _quantization_summary(target: str, recipe: quantize.TrtRecipe, fp32: bytes) -> dict:
+    trt = target == "tensorrt"
+    float_dtype = recipe.float_dtype if trt else "float32"
     return {"format": "QDQ", "target": target,
-            "activations": "int8 symmetric per-tensor" if target == "tensorrt"
-            else "uint8 asymmetric per-tensor (ONNX Runtime CPU only)",
+            "activations": ("int8 symmetric per-tensor" if trt
+                            else "uint8 asymmetric per-tensor (ONNX Runtime CPU only)"),
             "weights": "int8 symmetric per-channel (axis 0)",
-            "op_types": list(quantize.QUANTIZED_OP_TYPES), "bias": "float"}
+            "op_types": list(quantize.QUANTIZED_OP_TYPES), "bias": float_dtype,
+            "float_dtype": float_dtype, "io_dtype": "float32",
+            "float_by_recipe": quantize.float_by_recipe(fp32) if trt and recipe.float_small_layers else {}}
+
+
+def _validation_record(options: Int8Options, calibration: "CalibrationSet") -> dict:
+    """How to read the gate's validation faces again (benchmarks/gpu_check re-runs the gate on the engine), and the
+    hash that proves it got the same faces."""
+    absolute = lambda path: str(Path(path).resolve()) if path else None  # noqa: E731
+    return {"calib": absolute(calibration.path), "calib_split": options.calib_split,
+            "calib_count": options.calib_count, "calib_seed": options.calib_seed,
+            "calib_frame_step": options.calib_frame_step, "calib_detector": options.calib_detector,
+            "val": absolute(options.val), "val_split": options.val_split,
+            "shipped_set": bool(calibration.path) and Path(calibration.path).resolve() == SHIPPED_SET,
+            "faces_sha256": sources.content_hash(calibration.val)}
 
 
 def export_int8(fp32_path: Path, options: Int8Options, calib_source: Union[str, CalibrationSet],
@@ -187,14 +206,17 @@ def export_int8(fp32_path: Path, options: Int8Options, calib_source: Union[str, 
     ranges_s = time.perf_counter() - t_ranges
 
     def quantize_excluding(nodes):
-        return quantize.quantize(fp32, ranges, options.calib_method, exclude=nodes, target=options.target)
+        return quantize.quantize(fp32, ranges, options.calib_method, exclude=nodes, target=options.target,
+                                 recipe=options.recipe)
 
     val_tensors = _prepare(val_faces, contract, "validation")
     rule = gate.GateRule(options.max_drop, options.min_agreement, options.gate_on)
-    result = gate.run_gate(quantize_excluding, fp32, quantize.quantizable_nodes(fp32), val_tensors,
-                           val_faces.targets, rule, contract.input_name, log)
+    quantizable = quantize.quantizable_nodes(fp32, options.target, options.recipe)
+    result = gate.run_gate(quantize_excluding, fp32, quantizable, val_tensors,
+                           val_faces.targets, rule, contract.input_name, log, backend=options.gate_backend)
 
-    int8_contract = contract.with_precision("int8")
+    float_dtype = options.recipe.float_dtype if options.target == "tensorrt" else "float32"
+    int8_contract = contract.with_precision("int8", quantize.precision_mix(result.model, float_dtype))
     proto = onnx.load_from_string(result.model)
     embed_contract(proto, int8_contract)
     path = out_dir / artifact_name(contract, "int8")
@@ -203,15 +225,19 @@ def export_int8(fp32_path: Path, options: Int8Options, calib_source: Union[str, 
                           "source": faces.source, "hash": rkey.digest, "tensors_hash": tkey.digest,
                           "cache": {"dir": str(cache.dir), "tensors_reused": tensors_hit, "ranges_reused": ranges_hit},
                           "ranged_tensors": len(ranges), "ranges_seconds": round(ranges_s, 2)}
-    gate_report = {"rule": rule.describe(val_faces.labelled), "max_drop": options.max_drop,
+    gate_report = {"rule": rule.describe(val_faces.labelled), "gate_on": options.gate_on,
+                   "backend": options.gate_backend,
+                   "max_drop": options.max_drop,
                    "min_agreement": options.min_agreement, "validation": val_faces.source,
                    "validation_count": len(val_faces), "held_apart_from_calibration": calibration.held_apart,
+                   "validation_set": _validation_record(options, calibration),
                    "before": gate.result_record(result.before), "after": gate.result_record(result.after),
                    "kept_in_higher_precision": {"blocks": result.excluded_groups, "nodes": result.excluded_nodes},
                    "sensitivity": [r.as_dict() for r in result.sensitivity], "steps": result.steps,
                    "gate_seconds": round(result.seconds, 2), "total_seconds": round(total_s, 2)}
     write_export_artifact(path, proto.SerializeToString(), int8_contract,
-                          artifact={"quantization": _quantization_summary(options.target), **graph_summary(proto)},
+                          artifact={"quantization": _quantization_summary(options.target, options.recipe, fp32),
+                                    **graph_summary(proto)},
                           calibration=calibration_report, gate=gate_report,
                           export={"from": fp32_path.name, "from_sha256": sha256_file(fp32_path),
                                   "command": command or []})

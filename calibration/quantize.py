@@ -4,7 +4,9 @@ Target "tensorrt": the option set NVIDIA's TensorRT Model Optimizer (ModelOpt) p
 activations and weights (zero point 0), per-channel weight scales on axis 0, Q/DQ pairs on float weights,
 float bias, no output quantization, and only Conv/Gemm/Add inputs quantized so Conv+SiLU stays fusible.
 A post-pass removes the Q/DQ that ORT puts between a Conv and a residual Add, leaving it only on the
-skip input, so TensorRT can fuse the Add into the conv epilogue.
+skip input, so TensorRT can fuse the Add into the conv epilogue. Tiny layers stay float (`float_by_recipe`: the
+squeeze-excite 1x1 convs on pooled tensors and a classifier Gemm with < 16 outputs), and everything not quantized
+becomes FP16 (`fp16_graph`), so a strongly typed TensorRT build runs INT8+FP16, not INT8+FP32.
 
 Target "cpu": uint8 asymmetric activations, which ORT's CPU kernels run as QLinearConv; not TensorRT-legal.
 
@@ -16,11 +18,15 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fer_edge.calibration import fp16_graph
+from fer_edge.calibration.sensitivity import group_name
 from fer_edge.runtime.errors import FerEdgeError
 
 CALIBRATION_METHODS = ("entropy", "max", "percentile")
@@ -28,6 +34,25 @@ TARGETS = ("tensorrt", "cpu")
 QUANTIZED_OP_TYPES = ("Conv", "Gemm", "Add")
 RECIPE = "conv-gemm-add/v1"  # bump when the calibrated tensor set changes (part of the cache key)
 CALIB_BATCH = 32
+FLOAT_DTYPES = ("float16", "float32")
+MIN_GEMM_OUTPUTS = 16  # ModelOpt (>= 0.44) also keeps a Gemm/MatMul with fewer outputs in float
+POOLING_OPS = ("ReduceMean", "GlobalAveragePool")
+WEIGHTED_OPS = ("Conv", "Gemm")
+
+
+@dataclass(frozen=True)
+class TrtRecipe:
+    """The tensorrt target's choices, both measured in docs/int8.md (the cpu target ignores them).
+
+    float_dtype "float32" is the earlier graph (opset 17, FP32 scales and islands): the one TensorRT 8.6
+    (JetPack 6.0) can parse, where the weakly typed INT8+FP16 build makes the islands FP16 anyway."""
+    float_dtype: str = "float16"
+    float_small_layers: bool = True
+
+    def validate(self) -> "TrtRecipe":
+        if self.float_dtype not in FLOAT_DTYPES:
+            raise FerEdgeError(f"INT8 float type {self.float_dtype!r}: choose one of {FLOAT_DTYPES}")
+        return self
 
 
 class QuantizationError(FerEdgeError, RuntimeError):
@@ -104,13 +129,20 @@ def _tensorrt_options(op_types: Sequence[str]) -> dict:
 
 
 def quantize(fp32_onnx: bytes, ranges: Dict[str, Tuple[float, float]], method: str,
-             exclude: Iterable[str] = (), target: str = "tensorrt") -> bytes:
-    """One INT8 model from cached ranges; `exclude` names nodes kept in float."""
+             exclude: Iterable[str] = (), target: str = "tensorrt", recipe: TrtRecipe = TrtRecipe()) -> bytes:
+    """One INT8 model from cached ranges; `exclude` names nodes kept in float (the recipe's own are added)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
     if target not in TARGETS:
         raise FerEdgeError(f"--int8-target {target!r}: choose one of {TARGETS}")
+    recipe.validate()
+    fp16 = target == "tensorrt" and recipe.float_dtype == "float16"
+    if fp16:
+        _check_fp16_ranges(ranges)
+    exclude = list(exclude)
+    if target == "tensorrt" and recipe.float_small_layers:
+        exclude += [name for name in float_by_recipe(fp32_onnx) if name not in exclude]
     op_types = list(QUANTIZED_OP_TYPES)
     tensors = TensorsData(_ort_method(method), {
         name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
@@ -139,8 +171,26 @@ def quantize(fp32_onnx: bytes, ranges: Dict[str, Tuple[float, float]], method: s
         root.setLevel(level)
     if target == "tensorrt":
         drop_conv_to_add_qdq(proto)
+    if fp16:
+        try:
+            proto = fp16_graph.to_fp16(proto)
+        except fp16_graph.Fp16GraphError as exc:
+            raise QuantizationError(f"{exc}. Export with the float32 recipe (TrtRecipe(float_dtype='float32')) and "
+                                    "report the model to fer-edge") from None
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
+
+
+def _check_fp16_ranges(ranges: Dict[str, Tuple[float, float]]) -> None:
+    """Calibrated activations beyond FP16's range would become inf in the FP16 graph: refuse them by name."""
+    over = sorted((max(abs(lo), abs(hi)), name) for name, (lo, hi) in ranges.items()
+                  if max(abs(lo), abs(hi)) > fp16_graph.FP16_MAX)
+    if over:
+        peak, name = over[-1]
+        raise QuantizationError(f"{len(over)} calibrated activation(s) exceed FP16's range ({fp16_graph.FP16_MAX:g}), "
+                                f"e.g. {name} reaches {peak:.4g}: the FP16 parts of the INT8 graph would overflow. "
+                                "Export with the float32 recipe (TrtRecipe(float_dtype='float32')) or retrain with "
+                                "smaller activations")
 
 
 def drop_conv_to_add_qdq(proto) -> int:
@@ -170,11 +220,65 @@ def drop_conv_to_add_qdq(proto) -> int:
     return removed
 
 
-def quantizable_nodes(fp32_onnx: bytes) -> List[Tuple[str, str]]:
-    """(node name, op type) of every node this recipe may quantize, in graph order."""
+def quantizable_nodes(fp32_onnx: bytes, target: str = "tensorrt",
+                      recipe: TrtRecipe = TrtRecipe()) -> List[Tuple[str, str]]:
+    """(node name, op type) of every node this recipe may quantize, in graph order (what the gate may give back)."""
     import onnx
     proto = onnx.load_from_string(fp32_onnx)
-    return [(n.name, n.op_type) for n in proto.graph.node if n.op_type in QUANTIZED_OP_TYPES]
+    kept = float_by_recipe(fp32_onnx) if target == "tensorrt" and recipe.float_small_layers else {}
+    return [(n.name, n.op_type) for n in proto.graph.node if n.op_type in QUANTIZED_OP_TYPES and n.name not in kept]
+
+
+def float_by_recipe(fp32_onnx: bytes) -> Dict[str, str]:
+    """Node name -> why it stays float: layers too small for INT8 to pay for its Q/DQ and reformats.
+
+    - a 1x1 Conv on a globally pooled tensor (squeeze-excite: a GEMV per image), found structurally: it reads,
+      through pooled-only ops, the output of a ReduceMean/GlobalAveragePool;
+    - a Gemm with fewer than MIN_GEMM_OUTPUTS outputs (a 7-class classifier).
+    """
+    import onnx
+    graph = onnx.load_from_string(fp32_onnx).graph
+    inits = {t.name: t for t in graph.initializer}
+    pooled = set()  # tensors computed only from globally pooled tensors and constants
+    reasons: Dict[str, str] = {}
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        data = [i for i in node.input if i and i not in inits]
+        if node.op_type in POOLING_OPS or (data and all(i in pooled for i in data)):
+            pooled.update(node.output)
+        weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None:
+            continue
+        if node.op_type == "Conv" and node.input[0] in pooled and list(weight.dims[2:]) == [1, 1]:
+            reasons[node.name] = "1x1 conv on a pooled 1x1 tensor (squeeze-excite)"
+        elif node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            outputs = weight.dims[0 if trans_b else 1]
+            if outputs < MIN_GEMM_OUTPUTS:
+                reasons[node.name] = f"Gemm with {outputs} outputs (< {MIN_GEMM_OUTPUTS})"
+    return reasons
+
+
+def int8_layers(qdq_onnx: bytes) -> "OrderedDict[str, bool]":
+    """Weighted layer (Conv, Gemm) name -> True when its input and weight come out of DequantizeLinear (INT8)."""
+    import onnx
+    graph = onnx.load_from_string(qdq_onnx).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    return OrderedDict((node.name, all(producer.get(i) == "DequantizeLinear" for i in node.input[:2]))
+                       for node in graph.node if node.op_type in WEIGHTED_OPS)
+
+
+def precision_mix(qdq_onnx: bytes, float_dtype: str) -> Dict[str, object]:
+    """What of an INT8 Q/DQ graph really is INT8, read from the graph (`int8_layers`). A block (stem, blocks.N.M,
+    head, classifier) is float when none of its weighted layers is INT8. Recorded in the contract
+    (`precision_mix`) and shown by fer-bench."""
+    blocks: "OrderedDict[str, List[bool]]" = OrderedDict()
+    for name, int8 in int8_layers(qdq_onnx).items():
+        blocks.setdefault(group_name(name), []).append(int8)
+    float_blocks = [name for name, flags in blocks.items() if not any(flags)]
+    layers = [flag for flags in blocks.values() for flag in flags]
+    return {"float_dtype": float_dtype, "float_blocks": float_blocks, "blocks": len(blocks),
+            "float_share": round(len(float_blocks) / max(len(blocks), 1), 4),
+            "int8_layers": sum(layers), "float_layers": len(layers) - sum(layers)}
 
 
 def keep_in_float(qdq_onnx: bytes, nodes: Iterable[str]) -> bytes:

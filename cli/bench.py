@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from fer_edge.benchmarks import pipeline_bench
+from fer_edge.benchmarks import pipeline_bench, triton_bench
 from fer_edge.benchmarks.fer_bench import BenchOptions, load_lines, run_benchmark
 from fer_edge.benchmarks.report import markdown_table, warning_lines
 from fer_edge.cli_support import new_parser, run_cli
 from fer_edge.data.datasets import NPZ_LABEL_SOURCES, UNKNOWN_CLASS_POLICIES
 from fer_edge.data.labels import parse_label_map
 from fer_edge.runtime.errors import FerEdgeError
+from fer_edge.runtime.model import ONNX_BACKENDS, TRITON_SCHEMES
 
 
 DEFAULT_BATCHES = "1,32"
@@ -25,9 +26,11 @@ EXAMPLES = """examples:
   fer-bench a_fp32.onnx b_int8.onnx --data ../shared/data/fer2013/fer2013_publictest.npz --report bench/
   fer-bench a_fp32.onnx --data fer2013.csv --split PublicTest --limit 1000 --batch 1,8,32 --threads 2
   fer-bench a_fp32.onnx --engine a_fp16.engine --duration 3 --warmup 20
+  fer-bench a_fp32.onnx a_int8.onnx --backend onnxruntime,openvino --threads 1 --batch 1,8   # CPU backends
   fer-bench a_fp32.onnx --data ckplus_folders/ --unknown-classes drop      # skip e.g. 'contempt' faces
   fer-bench a_fp32.onnx --data ckplus_folders/ --label-map contempt=neutral
   fer-bench ferplus_fp32.onnx --data ../shared/data/fer2013/fer2013_publictest.npz --npz-labels ferplus
+  fer-bench a_fp32.onnx --triton triton://127.0.0.1:8000/fer --concurrency 1,4,8,16   # cameras vs a server
 
 The FIRST model is the reference for top-1 agreement. Latency uses real crops from --data when given,
 else random uint8 48x48 crops; all models are timed round-robin in blocks, so they share the machine's load.
@@ -49,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--engine", action="append", default=[], metavar="PATH",
                         help="add a TensorRT engine (repeatable; same as --model)")
     models.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+                        help="ONNX Runtime intra-op / OpenVINO inference threads (default: the runtime's choice)")
+    models.add_argument("--backend", metavar="LIST",
+                        help=f"comma-separated backends that run each .onnx ({', '.join(ONNX_BACKENDS)}): every "
+                             "model x backend is measured in the same round-robin, in this order (default: "
+                             "onnxruntime; openvino needs fer-edge[openvino])")
 
     lat = parser.add_argument_group("latency")
     lat.add_argument("--batch", default=DEFAULT_BATCHES, metavar="LIST",
@@ -81,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--report", metavar="DIR", help="write DIR/report.json, DIR/report.csv and confusion PNGs")
     out.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     pipeline_bench.add_arguments(parser)  # fer-bench --pipeline SOURCE: the face-pipeline benchmark
+    triton_bench.add_arguments(parser)    # fer-bench MODEL --triton URL: simulated cameras against a server
     return parser
 
 
@@ -94,10 +102,29 @@ def parse_batches(text: str) -> List[int]:
     return sorted(set(batches))
 
 
+def parse_backends(text: Optional[str], paths: List[str]) -> Optional[List[str]]:
+    """--backend LIST -> backend names in order (None without --backend: each artifact's default backend)."""
+    if text is None:
+        return None
+    backends = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [b for b in backends if b not in ONNX_BACKENDS]
+    if not backends or unknown or len(set(backends)) != len(backends):
+        raise UsageError(f"--backend {text!r}: give distinct names from {', '.join(ONNX_BACKENDS)} separated by "
+                         "commas, e.g. --backend onnxruntime,openvino")
+    if not any(Path(p).suffix.lower() == ".onnx" for p in paths):
+        raise UsageError(f"--backend {text}: chooses the backend of .onnx models, and none was given "
+                         "(engines run on TensorRT)")
+    return backends
+
+
 def _check_args(args) -> List[str]:
     paths = [*args.models, *args.model, *args.engine]
     if not paths:
         raise UsageError("no models given: fer-bench MODEL [MODEL ...] (see fer-bench --help)")
+    served = [p for p in paths if p.split("://", 1)[0] in TRITON_SCHEMES]
+    if served:
+        raise UsageError(f"{served[0]}: a served model is measured with fer-bench MODEL.onnx --triton URL (cameras "
+                         "against the server, next to MODEL.onnx in-process)")
     for name in ("warmup", "iterations", "limit", "eval_batch", "threads"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
@@ -125,7 +152,8 @@ def bench_options(args: argparse.Namespace, argv: List[str]) -> BenchOptions:
     """Every flag checked (a malformed --label-map fails before any model loads), as BenchOptions."""
     paths = _check_args(args)
     return BenchOptions(
-        models=paths, batches=parse_batches(args.batch), warmup=args.warmup,
+        models=paths, backends=parse_backends(args.backend, paths), batches=parse_batches(args.batch),
+        warmup=args.warmup,
         iterations=None if args.duration else (args.iterations or DEFAULT_ITERATIONS), duration=args.duration,
         threads=args.threads, data=args.data, split=args.split, limit=args.limit, eval_batch=args.eval_batch,
         unknown_classes=args.unknown_classes, label_map=parse_label_map_option(args.label_map),
@@ -156,6 +184,8 @@ def _body(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.pipeline:
         return pipeline_bench.run(args)
+    if args.triton:
+        return triton_bench.run(args, argv)
     return run(args, argv)
 
 

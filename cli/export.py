@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from fer_edge.cli.engine_args import ENGINE_EXAMPLES, add_engine_arguments, build_engines, check_engine_args
 from fer_edge.cli.int8_args import INT8_EXAMPLES, add_int8_arguments, check_int8_args, read_int8_calibration, run_int8
+from fer_edge.cli.serving_args import (SERVING_EXAMPLES, add_serving_arguments, check_serving_args, serve_existing,
+                                       serving_requested, write_serving)
 from fer_edge.cli_support import EXIT_OK, new_parser, run_cli
 from fer_edge.data.labels import parse_labels
-from fer_edge.export.exporter import check_export_inputs, export_checked
+from fer_edge.export.exporter import check_export_inputs, export_checked, parity_faces
 from fer_edge.models.artifact_writer import check_output_folder
 from fer_edge.runtime.contract import INTERPOLATIONS
 
@@ -68,13 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.epilog += "\n" + INT8_EXAMPLES
     add_engine_arguments(parser)
     parser.epilog += "\n" + ENGINE_EXAMPLES
+    add_serving_arguments(parser)
+    parser.epilog += "\n" + SERVING_EXAMPLES
     return parser
 
 
 def _engine_from_onnx(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
-    for path in build_engines(args, {}):
+    check_serving_args(args)
+    built = build_engines(args, {})
+    for path in built:
         print(f"wrote {path}")
+    if serving_requested(args):
+        faces = parity_faces(args.parity_data, args.parity_split, args.parity_count, print)
+        for path in write_serving(args, [Path(args.onnx)], [p for p in built if p.suffix != ".json"], faces):
+            print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -82,6 +93,7 @@ def _export(args: argparse.Namespace, command: List[str]) -> int:
     """Every check first (arguments, output folder, checkpoint, data, calibration faces), then the long work."""
     calib_source = check_int8_args(args)
     check_engine_args(args)
+    check_serving_args(args)
     inputs = check_export_inputs(
         checkpoint=args.checkpoint, arch=args.arch, img_size=args.img_size, labels=args.labels, out_dir=args.out,
         parity_data=args.parity_data, parity_split=args.parity_split, parity_count=args.parity_count,
@@ -96,8 +108,13 @@ def _export(args: argparse.Namespace, command: List[str]) -> int:
     if calibration is not None:
         paths["int8"] = run_int8(args, calibration, paths["fp32"], command)
         print(f"wrote {paths['int8']}\nwrote {paths['int8']}.json")
+    engines = []
     if args.engine:
         for path in build_engines(args, paths):
+            print(f"wrote {path}")
+            engines += [path] if path.suffix != ".json" else []
+    if serving_requested(args):
+        for path in write_serving(args, list(paths.values()), engines, inputs.parity_faces):
             print(f"wrote {path}")
     return EXIT_OK
 
@@ -106,6 +123,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     def body(arguments: List[str]) -> int:
         parser = build_parser()
         args = parser.parse_args(arguments)
+        if args.from_artifacts:  # Triton / DeepStream / serving forms from existing artifacts
+            return serve_existing(args)
         if args.onnx and not args.engine:
             parser.error("--onnx names the source of an engine build; add --engine")
         if args.onnx:  # engine from an existing ONNX: nothing to export

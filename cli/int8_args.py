@@ -1,16 +1,18 @@
-"""The `--int8` argument group of fer-export and its dispatch (kept here so export/cli.py stays small)."""
+"""The `--int8` argument group of fer-export and its dispatch (kept here so cli/export.py stays small)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import List, Optional
 
+from fer_edge.calibration.gate import GATE_BACKENDS
 from fer_edge.calibration.int8_export import (CalibrationSet, DEFAULT_METHOD, Int8Options, export_int8,
                                               load_calibration, resolve_calibration)
-from fer_edge.calibration.quantize import CALIBRATION_METHODS, TARGETS
+from fer_edge.calibration.quantize import CALIBRATION_METHODS, TARGETS, TrtRecipe
 from fer_edge.calibration.sources import DEFAULT_FRAME_STEP
 from fer_edge.models.artifact_writer import check_output_folder
 from fer_edge.runtime.contract import ModelContract
+from fer_edge.runtime.openvino_backend import import_openvino
 
 
 INT8_EXAMPLES = """int8 examples:
@@ -18,7 +20,8 @@ INT8_EXAMPLES = """int8 examples:
   fer-export --int8 --calib ../shared/data/fer2013/fer2013_train_1of2.npz --calib-split Training \\
              --val ../shared/data/fer2013/fer2013_publictest.npz
   fer-export --checkpoint best.pt --int8 --calib faces/ --calib-count 256   # validates on held-apart faces/
-  fer-export --int8 --calib kiosk.mp4 --calib-frame-step 10   # faces cut by Haar; unlabelled: gate on agreement
+  fer-export --int8 --calib kiosk.mp4 --calib-frame-step 10   # faces cut by YuNet; unlabelled: gate on agreement
+  fer-export --int8 --gate-backend openvino          # gate on OpenVINO's real INT8 kernels (a CPU kiosk)
 """
 
 
@@ -60,10 +63,10 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--calib-seed", type=int, default=0, metavar="N", help="sampling seed (default 0)")
     group.add_argument("--calib-frame-step", type=_positive_int, default=DEFAULT_FRAME_STEP, metavar="N",
                        help=f"videos: use every Nth frame (default {DEFAULT_FRAME_STEP})")
-    group.add_argument("--calib-detector", metavar="PATH|none",
+    group.add_argument("--calib-detector", metavar="PATH|haar|none",
                        help="videos: face detector that cuts the calibration faces: a YuNet .onnx "
                             "(e.g. face_detection_yunet_2023mar.onnx), or 'none' to use whole frames as crops "
-                            "(default: OpenCV's bundled Haar cascade)")
+                            "(default: the bundled YuNet; 'haar' for OpenCV's Haar cascade)")
     group.add_argument("--calib-cache", metavar="DIR", help="calibration cache folder (default <out>/.calib-cache)")
     group.add_argument("--val", metavar="PATH",
                        help="labelled validation faces for the gate, any --calib format (default: a held-apart slice "
@@ -76,9 +79,19 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gate-on", choices=("auto", "agreement"), default="auto",
                        help="auto: top-1 drop when the validation set has labels, else agreement (default); "
                             "agreement: always require --min-agreement with FP32")
+    group.add_argument("--gate-backend", choices=GATE_BACKENDS, default="onnxruntime",
+                       help="where the gate runs FP32 and INT8: onnxruntime (simulates Q/DQ in float; default) or "
+                            "openvino (real INT8 kernels, as a CPU kiosk runs them; needs fer-edge[openvino])")
     group.add_argument("--int8-target", choices=TARGETS, default="tensorrt",
                        help="tensorrt: symmetric int8 Q/DQ for TensorRT (default); cpu: uint8 activations for "
                             "ONNX Runtime CPU only")
+    group.add_argument("--int8-float", choices=INT8_FLOAT_TYPES, default="fp16",
+                       help="tensorrt target: type of everything left unquantized. fp16 (default): opset 19, FP16 "
+                            "scales, so a strongly typed TensorRT 10/11 network runs INT8+FP16; fp32: the opset-17 "
+                            "graph with FP32 scales, for TensorRT 8.6 (JetPack 6.0), which cannot parse opset 19")
+
+
+INT8_FLOAT_TYPES = {"fp16": "float16", "fp32": "float32"}
 
 
 def options_from_args(args: argparse.Namespace) -> Int8Options:
@@ -87,7 +100,8 @@ def options_from_args(args: argparse.Namespace) -> Int8Options:
                        calib_frame_step=args.calib_frame_step, calib_detector=args.calib_detector,
                        calib_cache=args.calib_cache, val=args.val,
                        val_split=args.val_split, max_drop=args.max_drop, min_agreement=args.min_agreement,
-                       target=args.int8_target, gate_on=args.gate_on)
+                       target=args.int8_target, gate_on=args.gate_on, gate_backend=args.gate_backend,
+                       recipe=TrtRecipe(float_dtype=INT8_FLOAT_TYPES[args.int8_float]).validate())
 
 
 def check_int8_args(args: argparse.Namespace) -> Optional[str]:
@@ -96,6 +110,8 @@ def check_int8_args(args: argparse.Namespace) -> Optional[str]:
         return None
     if args.calib_cache:
         check_output_folder(args.calib_cache, "--calib-cache")
+    if args.gate_backend == "openvino":
+        import_openvino()       # not installed: fail now, not after the FP32 export
     return resolve_calibration(options_from_args(args), reference_model=args.checkpoint is None)
 
 

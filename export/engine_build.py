@@ -4,35 +4,42 @@ One build path (docs/tensorrt.md): the ONNX already says which ops are FP32/FP16
 INT8 Q/DQ), so on TensorRT >= 9.1 and TensorRT-RTX the network is STRONGLY_TYPED and no precision
 flags are set. Only TensorRT 8.6 (JetPack 6.0) takes the weakly typed path, where the precision comes
 from builder flags chosen from the ONNX's contract (FP16 flag for fp16, INT8+FP16 for Q/DQ).
+
+Options and errors: engine_options.py; checks before parsing: engine_checks.py; the GPU the engine is for:
+engine_target.py; progress output: engine_progress.py.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
-import platform
-import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import fer_edge
-from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json, remove_stale_temp_files, write_artifact
+from fer_edge.export.engine_checks import (check_dla, check_hardware_compat, check_opset, check_quantization_target,
+                                           hardware_compat_level)
+from fer_edge.export.engine_options import (DEFAULT_BATCH, HARDWARE_COMPAT_LEVELS, PRESETS, BuildOptions,
+                                            BuildOptionsError, EngineBuildError, TensorRTBuildFailed,
+                                            options_with_preset, rebuild_args)
+from fer_edge.export.engine_progress import build_progress, make_progress_monitor, wants_monitor
+from fer_edge.export.engine_target import build_target, local_gpu
+from fer_edge.models.artifact_writer import (atomic_write_bytes, atomic_write_json, engine_name, remove_stale_temp_files,
+                                             write_artifact)
 from fer_edge.runtime.artifact_io import read_sidecar, sha256_file, sidecar_path
 from fer_edge.runtime.contract import METADATA_KEY, ModelContract
-from fer_edge.runtime.errors import BackendUnavailableError, ContractError, FerEdgeError, ModelLoadError
-from fer_edge.runtime.tensorrt.cuda_buffers import load_cuda_api
-from fer_edge.runtime.tensorrt.trt_import import (INSTALL_HINTS, TrtFlavour, import_first, import_flavour, make_logger,
-                                                  parse_version)
+from fer_edge.runtime.errors import BackendUnavailableError, ContractError, ModelLoadError
+from fer_edge.runtime.tensorrt.trt_import import INSTALL_HINTS, TrtFlavour, import_first, import_flavour, make_logger, parse_version
 
 BUILD_ORDER = ("tensorrt", "tensorrt_rtx")              # tensorrt_lean has no Builder
-HARDWARE_COMPAT_LEVELS = ("none", "ampere+", "same-cc")
-
-
-class EngineBuildError(FerEdgeError, RuntimeError):
-    """TensorRT could not parse or build the model; nothing was written."""
+# The engine-build API: what callers import from here, wherever it is defined.
+__all__ = ["BUILD_ORDER", "DEFAULT_BATCH", "HARDWARE_COMPAT_LEVELS", "PRESETS", "BuildOptions", "BuildOptionsError",
+           "BuiltEngine", "EngineBuildError", "TensorRTBuildFailed", "build_engine", "check_build_request",
+           "engine_path_for", "import_builder", "local_gpu", "options_with_preset", "source_contract",
+           "supports_strong_typing"]
 
 
 # ------------------------------------------------------------------ what the installed TensorRT can build
@@ -50,95 +57,10 @@ def supports_strong_typing(flavour: TrtFlavour) -> bool:
     return flavour.name == "tensorrt_rtx" or parse_version(flavour.version)[:2] >= (9, 1)
 
 
-def has_precision_flags(flavour: TrtFlavour) -> bool:
-    """BuilderFlag.FP16/INT8 (weak typing) exist up to TensorRT 10.x; removed in 11 and absent in RTX."""
-    flags = getattr(flavour.module, "BuilderFlag", None)
-    return flags is not None and hasattr(flags, "FP16") and hasattr(flags, "INT8")
-
-
-def local_gpu() -> Dict[str, Optional[str]]:
-    """Name, compute capability and driver of GPU 0, or BackendUnavailableError when there is none."""
-    return load_cuda_api("cuda-python").gpu_identity()
-
-
-PRESETS: Dict[str, Dict[str, object]] = {
-    # Static batch 1: the robot's latency case (and a prerequisite for CUDA graphs and DLA).
-    "latency": {"batch": (1, 1, 1)},
-    # 4-8 GB Jetsons: the builder's workspace defaults to all of the shared RAM; cap it and search less.
-    "jetson-lowmem": {"batch": (1, 1, 1), "workspace_mb": 512, "opt_level": 2},
-}
-DEFAULT_BATCH = (1, 8, 32)
-
-
-class BuildOptionsError(FerEdgeError, ValueError):
-    """Engine build options that cannot work; each is named as a BuildOptions field and as its fer-export flag."""
-
-
-@dataclass
-class BuildOptions:
-    batch: Tuple[int, int, int] = DEFAULT_BATCH     # optimisation profile min:opt:max
-    workspace_mb: Optional[int] = None              # None = TensorRT's default (the device memory)
-    opt_level: Optional[int] = None                 # builder_optimization_level 0..5 (None = default 3)
-    hardware_compat: str = "none"                   # none | ampere+ | same-cc
-    dla_core: Optional[int] = None                  # DLA core with GPU fallback (Jetson AGX/NX)
-    timing_cache: Optional[str] = None              # file reused across builds
-    version_compatible: bool = False                # plan loadable by newer TensorRT / tensorrt_lean
-    preset: Optional[str] = None
-
-    def validate(self) -> "BuildOptions":
-        lo, opt, hi = self.batch
-        if not 1 <= lo <= opt <= hi:
-            raise BuildOptionsError(f"batch profile {lo}:{opt}:{hi} (--batch): need 1 <= min <= opt <= max, "
-                                    "e.g. 1:8:32 (or 1:1:1)")
-        if self.opt_level is not None and not 0 <= self.opt_level <= 5:
-            raise BuildOptionsError(f"opt_level {self.opt_level} (--opt-level): must be 0..5")
-        if self.workspace_mb is not None and self.workspace_mb < 16:
-            raise BuildOptionsError(f"workspace_mb {self.workspace_mb} (--workspace) is too small; use at least 16 "
-                                    "(Jetson: 256-1024)")
-        if self.hardware_compat not in HARDWARE_COMPAT_LEVELS:
-            raise BuildOptionsError(f"hardware_compat {self.hardware_compat!r} (--hardware-compat): choose one of "
-                                    f"{HARDWARE_COMPAT_LEVELS}")
-        if self.dla_core is not None and (lo, opt) != (hi, hi):
-            raise BuildOptionsError(f"dla_core (--dla) needs a static batch (min=opt=max) but the batch profile is "
-                                    f"{lo}:{opt}:{hi}; use --preset latency or --batch 1:1:1")
-        return self
-
-
-def options_with_preset(preset: Optional[str], **explicit) -> BuildOptions:
-    """Preset values first, then every explicitly given (non-None) option on top."""
-    values: Dict[str, object] = {}
-    if preset:
-        if preset not in PRESETS:
-            raise BuildOptionsError(f"preset {preset!r} (--preset): choose one of {sorted(PRESETS)}")
-        values.update(PRESETS[preset])
-    values.update({k: v for k, v in explicit.items() if v is not None})
-    return BuildOptions(preset=preset, **values).validate()
-
-
-def rebuild_args(onnx_path: Path, out_dir: Path, options: BuildOptions, flavour: str) -> List[str]:
-    """fer-export arguments that reproduce this build (printed by the runtime when an engine must be rebuilt)."""
-    args = ["--engine", "--onnx", str(onnx_path), "--out", str(out_dir), "--batch", ":".join(map(str, options.batch))]
-    if options.workspace_mb:
-        args += ["--workspace", str(options.workspace_mb)]
-    if options.opt_level is not None:
-        args += ["--opt-level", str(options.opt_level)]
-    if options.hardware_compat != "none":
-        args += ["--hardware-compat", options.hardware_compat]
-    if options.dla_core is not None:
-        args += ["--dla", str(options.dla_core)]
-    if options.timing_cache:
-        args += ["--timing-cache", str(options.timing_cache)]
-    if options.version_compatible:
-        args += ["--version-compatible"]
-    if flavour == "tensorrt_rtx":
-        args += ["--trt", "tensorrt_rtx"]
-    return args
-
-
 # ------------------------------------------------------------------ source ONNX
-def source_contract(onnx_path: Path) -> ModelContract:
+def source_contract(onnx_path: Path, sidecar: Optional[Dict[str, Any]] = None) -> ModelContract:
     """The source ONNX's contract (sidecar first, else metadata_props); its precision becomes the engine's."""
-    sidecar = read_sidecar(onnx_path)
+    sidecar = read_sidecar(onnx_path) if sidecar is None else sidecar
     if sidecar is not None:
         return ModelContract.from_dict(sidecar["contract"], source=str(sidecar_path(onnx_path)))
     try:
@@ -153,51 +75,17 @@ def source_contract(onnx_path: Path) -> ModelContract:
     return ModelContract.from_json(text, source=f"{onnx_path} (metadata_props)")
 
 
-# ------------------------------------------------------------------ progress
-def make_progress_monitor(trt, log: Callable[[str], None]):
-    """trt.IProgressMonitor printing top-level phases with elapsed time; None when the API lacks it."""
-    base = getattr(trt, "IProgressMonitor", None)
-    if base is None:
-        return None
-
-    class Monitor(base):
-        def __init__(self):
-            base.__init__(self)
-            self.start = time.perf_counter()
-            self.depth: Dict[str, int] = {}
-
-        def phase_start(self, phase_name, parent_phase, num_steps):
-            self.depth[phase_name] = 0 if parent_phase is None else self.depth.get(parent_phase, 0) + 1
-            if self.depth[phase_name] <= 1:
-                log(f"  [{time.perf_counter() - self.start:6.1f}s] {'  ' * self.depth[phase_name]}{phase_name}")
-
-        def step_complete(self, phase_name, step):
-            return True  # never cancel
-
-        def phase_finish(self, phase_name):
-            self.depth.pop(phase_name, None)
-    return Monitor()
-
-
-class _Spinner:
-    """Elapsed-time ticker for TensorRT versions without IProgressMonitor (8.6)."""
-
-    def __init__(self, log: Callable[[str], None], every_s: float = 10.0):
-        self.log, self.every_s, self._stop = log, every_s, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        start = time.perf_counter()
-        while not self._stop.wait(self.every_s):
-            self.log(f"  still building... {time.perf_counter() - start:.0f}s")
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+def check_build_request(onnx_path: Path, options: BuildOptions, flavour: TrtFlavour,
+                        log: Callable[[str], None] = print) -> ModelContract:
+    """Every check that needs no parsing: the source's quantization target, DLA vs its precision, hardware
+    compatibility vs this TensorRT and machine. Returns the source's contract."""
+    sidecar = read_sidecar(onnx_path)
+    contract = source_contract(onnx_path, sidecar)
+    check_quantization_target(onnx_path, contract, sidecar)
+    check_dla(contract.precision, options, onnx_path.name, log)
+    check_hardware_compat(flavour, options)
+    check_opset(onnx_path, flavour)
+    return contract
 
 
 # ------------------------------------------------------------------ timing cache
@@ -224,6 +112,22 @@ def save_timing_cache(path: str, data: bytes, key: Dict[str, object]) -> None:
     atomic_write_json(sidecar_path(path), {"key": key, "bytes": len(data), "sha256": sha256_file(path)})
 
 
+def _apply_timing_cache(flavour: TrtFlavour, config, options: BuildOptions, cache_bytes: bytes, log):
+    # TensorRT-RTX keeps the API but documents timing-cache operations as no-ops (RTX >= 1.2): the file
+    # round-trips, TensorRT-RTX just does not use it.
+    applied_by_trt = flavour.name != "tensorrt_rtx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cache = config.create_timing_cache(cache_bytes if applied_by_trt else b"")
+        accepted = config.set_timing_cache(cache, False)   # False: TensorRT rejected the cache (another device)
+    if accepted is False:
+        log(f"  warning: TensorRT rejected the timing cache {options.timing_cache}; building without it")
+    log(f"  timing cache {options.timing_cache}: " + (f"loaded {len(cache_bytes)} bytes" if cache_bytes else "new")
+        + ("" if applied_by_trt else " (TensorRT-RTX ignores timing caches)"))
+    return {"path": str(options.timing_cache), "loaded_bytes": len(cache_bytes),
+            "applied_by_tensorrt": applied_by_trt and accepted is not False}
+
+
 # ------------------------------------------------------------------ build
 @dataclass
 class BuiltEngine:
@@ -233,36 +137,36 @@ class BuiltEngine:
     engine_meta: Dict[str, object] = field(default_factory=dict)
 
 
-def build_target(flavour: TrtFlavour, config) -> Dict[str, object]:
-    """What the engine is built for: the local GPU (TensorRT), or RTX compute-capability targets (no GPU needed)."""
-    target: Dict[str, object] = {"machine": platform.machine()}
-    if flavour.name == "tensorrt_rtx":
-        ccs = [str(config.get_compute_capability(i)).split(".")[-1] for i in range(config.num_compute_capabilities)]
-        # SM86 -> "8.6"; an empty list means TensorRT-RTX's default set (8.6, 8.9, 12.0 per its docs).
-        target["compute_capabilities"] = [f"{c[2:-1]}.{c[-1]}" for c in ccs if c.startswith("SM")] or "default"
-        return target
-    target.update(local_gpu())
-    return target
+def _precision_flags(trt, precision: str) -> Tuple[List[str], list]:
+    """TensorRT 8.6's weak typing: the BuilderFlags that give the ONNX's precision (INT8 Q/DQ runs with FP16)."""
+    names = {"fp32": [], "fp16": ["FP16"], "int8": ["INT8", "FP16"]}[precision]
+    missing = [name for name in names if not hasattr(trt.BuilderFlag, name)]
+    if missing:
+        raise EngineBuildError(f"this TensorRT has neither strong typing nor BuilderFlag {missing}")
+    return names, [getattr(trt.BuilderFlag, name) for name in names]
 
 
-def _configure(trt, flavour: TrtFlavour, builder, network, config, contract: ModelContract, options: BuildOptions,
-               strongly_typed: bool, log) -> Dict[str, object]:
+def _configure(trt_flavour: TrtFlavour, builder, config, contract: ModelContract, options: BuildOptions,
+               strongly_typed: bool) -> Dict[str, object]:
     """Apply options to the builder config; returns the flags actually set (for the sidecar)."""
+    trt = trt_flavour.module
     applied: Dict[str, object] = {}
     if options.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
     if options.opt_level is not None:
         config.builder_optimization_level = options.opt_level
     if options.hardware_compat != "none":
-        level = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}[options.hardware_compat]
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
+        config.hardware_compatibility_level = hardware_compat_level(trt_flavour, options.hardware_compat)
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options.detailed_profiling:
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        applied["profiling_verbosity"] = "DETAILED"
     if not strongly_typed:  # TensorRT 8.6: precision from flags, chosen by the ONNX's precision
-        flags = {"fp32": [], "fp16": ["FP16"], "int8": ["INT8", "FP16"]}[contract.precision]
-        for name in flags:
-            config.set_flag(getattr(trt.BuilderFlag, name))
-        applied["precision_flags"] = flags
+        names, flags = _precision_flags(trt, contract.precision)
+        for flag in flags:
+            config.set_flag(flag)
+        applied["precision_flags"] = names
     if options.dla_core is not None:
         cores = getattr(builder, "num_DLA_cores", 0)
         if options.dla_core >= cores:
@@ -272,10 +176,6 @@ def _configure(trt, flavour: TrtFlavour, builder, network, config, contract: Mod
         config.DLA_core = options.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # unsupported layers run on the GPU
         applied["dla"] = {"core": options.dla_core, "gpu_fallback": True}
-    monitor = make_progress_monitor(trt, log)
-    if monitor is not None:
-        config.progress_monitor = monitor
-    applied["_monitor"] = monitor
     return applied
 
 
@@ -287,9 +187,24 @@ def _parse(trt, builder, onnx_path: Path, strongly_typed: bool, logger):
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineBuildError(f"{onnx_path}: TensorRT's ONNX parser failed: " + " | ".join(errors[:5])
-                               + ". Check the opset (TensorRT 8.6 parses <= 17) and that the ONNX is complete.")
+        raise TensorRTBuildFailed(f"{onnx_path}: TensorRT's ONNX parser failed: " + " | ".join(errors[:5])
+                                  + ". Check the opset (TensorRT 8.6 parses <= 17) and that the ONNX is complete.")
     return network, parser
+
+
+def _check_network(network, contract: ModelContract, options: BuildOptions, onnx_path: Path) -> List[int]:
+    """The parsed network's input against the contract and the batch profile; returns C, H, W."""
+    if network.num_inputs != 1 or network.get_input(0).name != contract.input_name:
+        raise EngineBuildError(f"{onnx_path}: expected one input named {contract.input_name!r}, found "
+                               f"{[network.get_input(i).name for i in range(network.num_inputs)]}")
+    input_dims = [int(d) for d in network.get_input(0).shape]
+    want = contract.input_dims()        # C, H, W; H, W, C for a uint8-input ONNX (preprocessing in the graph)
+    if input_dims[1:] != want:
+        raise EngineBuildError(f"{onnx_path}: input dims {input_dims} do not match the contract N x {want}")
+    if input_dims[0] >= 0 and options.batch != (input_dims[0],) * 3:
+        raise EngineBuildError(f"{onnx_path}: the ONNX has a static batch of {input_dims[0]}; use --batch "
+                               f"{input_dims[0]} or export with a dynamic batch")
+    return want
 
 
 def _io_summary(network) -> List[Dict[str, object]]:
@@ -299,87 +214,68 @@ def _io_summary(network) -> List[Dict[str, object]]:
              "shape": [int(d) for d in t.shape]} for t, mode in tensors]
 
 
-def engine_path_for(onnx_path: Path, out_dir: Path, flavour: str, batch: Tuple[int, int, int]) -> Path:
-    tag = "rtx" if flavour == "tensorrt_rtx" else "trt"
-    return out_dir / f"{onnx_path.stem}_{tag}_b{batch[0]}-{batch[1]}-{batch[2]}.engine"
+def engine_path_for(onnx_path: Path, out_dir: Path, flavour: str, options: BuildOptions) -> Path:
+    return out_dir / engine_name(onnx_path.stem, "rtx" if flavour == "tensorrt_rtx" else "trt", options.batch,
+                                 options.dla_core, options.hardware_compat, options.version_compatible)
 
 
 def build_engine(onnx_path: os.PathLike, out_dir: Optional[os.PathLike] = None,
                  options: Optional[BuildOptions] = None, flavour: str = "auto", output: Optional[os.PathLike] = None,
-                 log: Callable[[str], None] = print) -> BuiltEngine:
+                 log: Callable[[str], None] = print, extra_meta: Optional[Dict[str, object]] = None) -> BuiltEngine:
     """Build a serialized engine from an explicit-precision fer-edge ONNX and write it with its sidecar.
 
-    out_dir: folder for <onnx stem>_<trt|rtx>_b<min>-<opt>-<max>.engine (default: the ONNX's folder);
+    out_dir: folder for the engine named by models.artifact_writer.engine_name (default: the ONNX's folder);
     output: exact engine path instead. flavour: auto (tensorrt, else tensorrt_rtx), tensorrt or tensorrt_rtx.
+    extra_meta: more fields for the sidecar's engine section (e.g. the INT8 fallback steps that led here).
+    Raises TensorRTBuildFailed when TensorRT itself rejects the network; nothing is written then.
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise ModelLoadError(f"{onnx_path}: no such ONNX file; export one first with `fer-export` (--fp16/--int8)")
     options = (options or BuildOptions()).validate()
-    contract = source_contract(onnx_path)
     trt_flavour = import_builder(flavour)
     trt = trt_flavour.module
+    contract = check_build_request(onnx_path, options, trt_flavour, log)
     strongly_typed = supports_strong_typing(trt_flavour)
-    if not strongly_typed and not has_precision_flags(trt_flavour):  # pragma: no cover - no such release
-        raise EngineBuildError(f"{trt_flavour.describe()} has neither strong typing nor precision flags")
     out_dir = Path(out_dir) if out_dir is not None else onnx_path.parent
-    engine_path = Path(output) if output else engine_path_for(onnx_path, out_dir, trt_flavour.name, options.batch)
+    engine_path = Path(output) if output else engine_path_for(onnx_path, out_dir, trt_flavour.name, options)
     log(f"building {engine_path.name} from {onnx_path.name} ({contract.precision}, {trt_flavour.describe()}, "
         f"{'strongly typed' if strongly_typed else 'weakly typed'}, batch {options.batch})")
 
     logger = make_logger(trt, warn=log)
     builder = trt.Builder(logger)
+    config = builder.create_builder_config()
+    target = build_target(trt_flavour, config, log)
+    check_hardware_compat(trt_flavour, options, target)      # now with the build GPU's compute capability
     network, _parser = _parse(trt, builder, onnx_path, strongly_typed, logger)
     # Recorded from the parsed network itself, not from what we asked for.
     network_typed = bool(strongly_typed and network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    if network.num_inputs != 1 or network.get_input(0).name != contract.input_name:
-        raise EngineBuildError(f"{onnx_path}: expected one input named {contract.input_name!r}, found "
-                               f"{[network.get_input(i).name for i in range(network.num_inputs)]}")
-    input_dims = [int(d) for d in network.get_input(0).shape]
-    want = [contract.channels, contract.input_size, contract.input_size]
-    if input_dims[1:] != want:
-        raise EngineBuildError(f"{onnx_path}: input dims {input_dims} do not match the contract N x {want}")
-    if input_dims[0] >= 0 and options.batch != (input_dims[0],) * 3:
-        raise EngineBuildError(f"{onnx_path}: the ONNX has a static batch of {input_dims[0]}; use --batch "
-                               f"{input_dims[0]} or export with a dynamic batch")
+    want = _check_network(network, contract, options, onnx_path)
 
-    config = builder.create_builder_config()
     profile = builder.create_optimization_profile()
     shapes = [tuple([b] + want) for b in options.batch]
     profile.set_shape(contract.input_name, *shapes)
     config.add_optimization_profile(profile)
-    applied = _configure(trt, trt_flavour, builder, network, config, contract, options, strongly_typed, log)
-    monitor = applied.pop("_monitor")
-    target = build_target(trt_flavour, config)
+    applied = _configure(trt_flavour, builder, config, contract, options, strongly_typed)
+    monitor = make_progress_monitor(trt, log) if wants_monitor(options.progress) else None
+    if monitor is not None:
+        config.progress_monitor = monitor
+    applied["progress_monitor"] = monitor is not None
+    log("  progress: " + ("TensorRT's build phases" if monitor is not None else
+                          "elapsed time every 10 s (--build-progress shows TensorRT's phases; it slows the build)"))
 
     cache_key = _cache_key(trt_flavour, target)
     cache_bytes = load_timing_cache(options.timing_cache, cache_key)
-    cache_info: Optional[Dict[str, object]] = None
-    if options.timing_cache:
-        # TensorRT-RTX keeps the API but documents timing-cache operations as no-ops (RTX >= 1.2): the file
-        # round-trips, TensorRT-RTX just does not use it.
-        applied_by_trt = trt_flavour.name != "tensorrt_rtx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            cache = config.create_timing_cache(cache_bytes if applied_by_trt else b"")
-            config.set_timing_cache(cache, False)
-        cache_info = {"path": str(options.timing_cache), "loaded_bytes": len(cache_bytes),
-                      "applied_by_tensorrt": applied_by_trt}
-        log(f"  timing cache {options.timing_cache}: "
-            + (f"loaded {len(cache_bytes)} bytes" if cache_bytes else "new")
-            + ("" if applied_by_trt else " (TensorRT-RTX ignores timing caches)"))
+    cache_info = _apply_timing_cache(trt_flavour, config, options, cache_bytes, log) if options.timing_cache else None
 
     start = time.perf_counter()
-    if monitor is None:
-        with _Spinner(log):
-            plan = builder.build_serialized_network(network, config)
-    else:
+    with build_progress(monitor, log):
         plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if plan is None:
-        raise EngineBuildError(f"TensorRT failed to build {engine_path.name}: "
-                               + (" | ".join(logger.errors[-3:]) or "see the TensorRT log above")
-                               + ". Try --workspace with more memory or --opt-level 3; nothing was written.")
+        raise TensorRTBuildFailed(f"TensorRT failed to build {engine_path.name}: "
+                                  + (" | ".join(logger.errors[-3:]) or "see the TensorRT log above")
+                                  + ". Try --workspace with more memory or --opt-level 3; nothing was written.")
     data = bytes(memoryview(plan))
     if options.timing_cache:
         with warnings.catch_warnings():
@@ -400,6 +296,7 @@ def build_engine(onnx_path: os.PathLike, out_dir: Optional[os.PathLike] = None,
         "built_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "fer_edge": fer_edge.__version__,
         "rebuild_args": rebuild_args(onnx_path, engine_path.parent, options, trt_flavour.name),
+        **(extra_meta or {}),
     }
     remove_stale_temp_files(engine_path.parent)  # temp files of an earlier build that was killed
     write_artifact(engine_path, data, contract, "engine", engine=meta)

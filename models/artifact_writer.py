@@ -162,6 +162,28 @@ def artifact_name(contract: ModelContract, precision: str, suffix: str = ".onnx"
     return f"{contract.arch}_{contract.input_size}px_{label_set_name(contract.labels)}_{precision}{suffix}"
 
 
+def engine_name(source_stem: str, builder: str, batch, dla_core: Optional[int] = None,
+                hardware_compat: str = "none", version_compatible: bool = False) -> str:
+    """<source stem>_<trt|rtx>_b<min>-<opt>-<max>[_dla<N>][_<hardware compat>][_vc].engine.
+
+    Every build option that makes a different plan is in the name, so a DLA or fleet build never overwrites
+    the GPU engine (or its sidecar) built from the same ONNX."""
+    parts = [source_stem, builder, "b" + "-".join(str(b) for b in batch)]
+    if dla_core is not None:
+        parts.append(f"dla{dla_core}")
+    if hardware_compat != "none":
+        parts.append(hardware_compat.replace("+", "-plus"))   # ampere+ -> ampere-plus, same-cc
+    if version_compatible:
+        parts.append("vc")
+    return "_".join(parts) + ".engine"
+
+
+def float_fallback_name(int8_path: os.PathLike, blocks_in_float: int) -> str:
+    """<INT8 stem>_float<K>.onnx: an INT8 ONNX derived with K blocks in float (the engine build's INT8 fallback)."""
+    path = Path(int8_path)
+    return f"{path.stem}_float{blocks_in_float}{path.suffix}"
+
+
 def _nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent

@@ -17,6 +17,8 @@ METADATA_KEY = "fer_edge.contract"
 INTERPOLATIONS = ("area", "linear", "cubic", "nearest")
 COLOR_ORDERS = ("GRAY", "BGR", "RGB")
 PRECISIONS = ("fp32", "fp16", "int8")
+# (dtype, layout) of a model input: normalised float32 NCHW, or uint8 NHWC pixels with /255, mean and std in the graph.
+INPUT_FORMATS = (("float32", "NCHW"), ("uint8", "NHWC"))
 
 
 @dataclass
@@ -39,6 +41,10 @@ class ModelContract:
     output_name: str = "logits"
     output_kind: str = "logits"
     source_weights_sha256: str = ""
+    # INT8 only: what is not INT8, read from the quantized graph (calibration.quantize.precision_mix): float_dtype,
+    # float_blocks, blocks, float_share, int8_layers, float_layers. {} for fp32/fp16, and for INT8 artifacts
+    # written before fer-edge recorded it (their float parts are FP32).
+    precision_mix: Dict[str, Any] = field(default_factory=dict)
     versions: Dict[str, str] = field(default_factory=dict)
     created_utc: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -74,12 +80,13 @@ class ModelContract:
             problems.append(f"interpolation {self.interpolation!r} must be one of {INTERPOLATIONS}")
         if not isinstance(self.crop_margin, (int, float)) or not 0.0 <= self.crop_margin <= 1.0:
             problems.append(f"crop_margin {self.crop_margin!r} must be between 0 and 1")
-        if self.dtype != "float32" or self.layout != "NCHW":
-            problems.append(f"dtype/layout {self.dtype}/{self.layout}: only float32 NCHW inputs are supported")
+        if (self.dtype, self.layout) not in INPUT_FORMATS:
+            problems.append(f"dtype/layout {self.dtype}/{self.layout} must be float32/NCHW or uint8/NHWC")
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} must be one of {PRECISIONS}")
         if self.output_kind not in ("logits", "probabilities"):
             problems.append(f"output_kind {self.output_kind!r} must be 'logits' or 'probabilities'")
+        problems += _mix_problems(self.precision, self.precision_mix)
         if problems:
             raise ContractError("invalid model contract: " + "; ".join(problems)
                                 + ". Re-export the model with fer-export to write a valid contract.")
@@ -116,14 +123,50 @@ class ModelContract:
             raise ContractError(f"{source}: contract is not valid JSON ({exc}). Re-export the model with fer-export.") from None
         return cls.from_dict(data, source)
 
-    def with_precision(self, precision: str) -> "ModelContract":
-        return dataclasses.replace(self, precision=precision).validate()
+    def with_precision(self, precision: str, mix: Optional[Dict[str, Any]] = None) -> "ModelContract":
+        """This contract for another precision; `mix` is the INT8 precision_mix (dropped for any other)."""
+        return dataclasses.replace(self, precision=precision, precision_mix=dict(mix or {})).validate()
+
+    def precision_label(self) -> str:
+        """The precision as a report shows it: 'fp16', 'int8+fp16', 'int8+fp16 (23/24 blocks fp16)', or for an INT8
+        artifact that predates the record 'int8 (float part not recorded)'."""
+        if self.precision != "int8":
+            return self.precision
+        mix = self.precision_mix
+        if not mix:
+            return "int8 (float part not recorded)"
+        short = {"float16": "fp16", "float32": "fp32"}[mix["float_dtype"]]
+        kept = len(mix["float_blocks"])
+        return f"int8+{short}" + (f" ({kept}/{mix['blocks']} blocks {short})" if kept else "")
+
+    def input_dims(self) -> List[int]:
+        """The input's dims after the batch axis: C, S, S (float32 NCHW) or S, S, C (uint8 NHWC)."""
+        c, s = self.channels, self.input_size
+        return [s, s, c] if self.layout == "NHWC" else [c, s, s]
 
     def preprocessing_fields(self) -> Dict[str, Any]:
         """The fields that decide what tensor a face becomes; used to key caches and compare artifacts."""
         keys = ("input_size", "channels", "color_order", "mean", "std", "interpolation",
                 "crop_margin", "crop_square", "dtype", "layout")
         return {k: getattr(self, k) for k in keys}
+
+
+def _mix_problems(precision: str, mix: Any) -> List[str]:
+    if not isinstance(mix, dict):
+        return [f"precision_mix must be a JSON object, got {type(mix).__name__}"]
+    if not mix:
+        return []
+    if precision != "int8":
+        return [f"precision_mix is recorded but precision is {precision!r} (it describes INT8 artifacts only)"]
+    problems = []
+    if mix.get("float_dtype") not in ("float16", "float32"):
+        problems.append(f"precision_mix.float_dtype {mix.get('float_dtype')!r} must be 'float16' or 'float32'")
+    blocks, kept = mix.get("blocks"), mix.get("float_blocks")
+    if not isinstance(kept, list) or not all(isinstance(b, str) for b in kept):
+        problems.append(f"precision_mix.float_blocks must be a list of block names, got {kept!r}")
+    elif not isinstance(blocks, int) or isinstance(blocks, bool) or not len(kept) <= blocks:
+        problems.append(f"precision_mix.blocks {blocks!r} must be an integer >= the {len(kept)} float blocks")
+    return problems
 
 
 def compare_contracts(a: ModelContract, b: ModelContract, what_a: str, what_b: str) -> Optional[str]:
@@ -144,11 +187,11 @@ def shape_problems(contract: ModelContract, input_shape: Sequence, output_shape:
     Dims that are not non-negative ints (ONNX's symbolic names, TensorRT's -1) are dynamic; [] is an unknown rank.
     """
     problems = []
-    want = [contract.channels, contract.input_size, contract.input_size]
+    want = contract.input_dims()
     static = [isinstance(d, int) and d >= 0 for d in input_shape]
     if len(input_shape) != 4 or any(s and d != w for s, d, w in zip(static[1:], input_shape[1:], want)):
         problems.append(f"the {what} input is {list(input_shape)} but the contract says "
-                        f"N x {want[0]} x {want[1]} x {want[2]}")
+                        f"N x {' x '.join(map(str, want))} ({contract.layout})")
     width = output_shape[-1] if len(output_shape) == 2 else None
     if output_shape and len(output_shape) != 2:
         problems.append(f"the {what} output is {list(output_shape)} but fer-edge needs N x classes "

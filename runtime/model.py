@@ -21,7 +21,7 @@ TRITON_SCHEMES = ("triton", "triton+grpc")      # triton://host:8000/model (HTTP
 
 
 class Backend(Protocol):
-    """What FerModel needs from an inference engine (ONNX Runtime, TensorRT)."""
+    """What FerModel needs from an inference engine (ONNX Runtime, OpenVINO, TensorRT, a Triton client)."""
     name: str
     max_batch: Optional[int]        # the most faces one run() takes (an engine's profile); None: no limit
 
@@ -207,13 +207,17 @@ def load(source: Union[os.PathLike, str], threads: Optional[int] = None, provide
     """Load an ONNX model (ONNX Runtime or OpenVINO), a TensorRT engine, or a model on a Triton server
     (`triton://host:port/model`); file and contract are checked before it is returned.
 
-    threads: intra-op threads (None = the backend's default). providers: ONNX Runtime execution providers.
+    threads: intra-op threads (None = the backend's default; a Triton server sets its own).
+    providers: ONNX Runtime execution providers.
     backend: None picks from the file (.onnx: 'onnxruntime'; .engine: 'tensorrt'); 'openvino' runs an .onnx on OpenVINO.
     engine_options: for the TensorRT backend (e.g. cuda_graph=True) or the Triton client (e.g. timeout_s=5).
     """
     if isinstance(source, str) and source.split("://", 1)[0] in TRITON_SCHEMES:
+        if providers or backend not in (None, "triton"):     # threads: FerPipeline passes its own; the server decides
+            raise ModelLoadError(f"{source}: providers and backend choose how a local file runs; a Triton model "
+                                 "runs on its server, so drop them (options: timeout_s, model_version, max_batch)")
         from fer_edge.runtime.triton_backend import load_triton
-        return load_triton(source, **engine_options)
+        return FerModel(*load_triton(source, **engine_options))     # (source, contract, backend, sidecar)
     path = Path(source)
     _check_artifact_file(path)
     loader = LOADERS.get(path.suffix.lower())

@@ -49,6 +49,10 @@ def _check_providers(providers: List[str], available: List[str]) -> None:
                                       "build that has them (e.g. onnxruntime-gpu for CUDAExecutionProvider).")
 
 
+# ONNX Runtime's name of the input type each contract dtype needs.
+ONNX_INPUT_TYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     max_batch: Optional[int] = None         # ONNX Runtime takes any batch size
@@ -76,7 +80,7 @@ class OnnxRuntimeBackend:
     def check_contract(self, contract: ModelContract, source: str) -> None:
         """Refuse a contract the graph contradicts: input type and shape, and output width when it is static."""
         problems = shape_problems(contract, self.input_shape, self.output_shape, "graph")
-        if self.input_type != "tensor(float)":
+        if self.input_type != ONNX_INPUT_TYPES[contract.dtype]:
             problems.insert(0, f"the graph input is {self.input_type} but the contract's preprocessing produces "
                                f"{contract.dtype}")
         if problems:

@@ -129,3 +129,54 @@ def exported(fitted_checkpoint, synthetic_npz, tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts")
     return export_model(checkpoint=str(fitted_checkpoint), fp16=True, out_dir=str(out),
                         parity_data=str(synthetic_npz), log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def probe_exported(synthetic_npz, tmp_path_factory):
+    """Like `exported`, but seconds instead of minutes on a busy 2-core machine: a random-init
+    tf_efficientnetv2_b0 whose classifier is ridge-fitted on its own features (decisive logits, 100% on the
+    synthetic faces), exported to FP32 and FP16 ONNX with the usual parity check."""
+    import torch
+    from fer_edge.export.exporter import export_model
+    from fer_edge.models.timm_compat import import_timm
+    timm = import_timm()
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnetv2_b0", num_classes=7, in_chans=1).eval()
+    x, y = synthetic_faces(512)
+    with torch.no_grad():
+        feats = model.forward_head(model.forward_features(
+            torch.from_numpy((x[:, None].astype(np.float32) / 255 - 0.5) / 0.5)), pre_logits=True).double()
+    mu, sd = feats.mean(0), feats.std(0) + 1e-6
+    z = (feats - mu) / sd
+    target = torch.full((len(y), 7), -4.0, dtype=torch.float64)
+    target[torch.arange(len(y)), torch.from_numpy(y)] = 4.0
+    w = torch.linalg.solve(z.T @ z + 10 * torch.eye(z.shape[1], dtype=torch.float64), z.T @ target)
+    model.classifier.weight.data = (w / sd[:, None]).T.float()
+    model.classifier.bias.data = (-(mu / sd) @ w).float()
+    ckpt = tmp_path_factory.mktemp("probe") / "probe.pt"
+    torch.save({"format": "fer_edge.checkpoint.v1", "arch": "tf_efficientnetv2_b0", "img_size": 32, "in_chans": 1,
+                "labels": FER2013_LABELS, "mean": [0.5], "std": [0.5], "interpolation": "area",
+                "state_dict": model.state_dict()}, ckpt)
+    return export_model(checkpoint=str(ckpt), fp16=True, out_dir=str(tmp_path_factory.mktemp("probe_onnx")),
+                        parity_data=str(synthetic_npz), log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def reference_onnx(tmp_path_factory):
+    """The bundled reference model as FP32, FP16 and INT8 ONNX, as `fer-export --fp16 --int8` writes them:
+    {precision: (path, contract)}. About 45 s on a busy 2-core machine, so once per session.
+
+    INT8 is calibrated on the shipped synthetic set (no faces needed) with a loose gate (min agreement 0.5):
+    the default gate (0.99) keeps ~16 blocks in float after a search that takes over a minute more here. Its
+    sidecar still records the agreement the gate measured, which tests/test_real_faces.py holds real faces to.
+    """
+    from fer_edge.calibration.int8_export import Int8Options, export_int8
+    from fer_edge.calibration.synthesize import SHIPPED_SET
+    from fer_edge.export.exporter import export_model
+    from fer_edge.runtime.artifact_io import sidecar_contract
+    out = tmp_path_factory.mktemp("reference")
+    artifacts = export_model(fp16=True, out_dir=str(out), parity_count=256, log=lambda m: None)
+    int8 = export_int8(artifacts["fp32"].path, Int8Options(calib=str(SHIPPED_SET), calib_count=256, min_agreement=0.5),
+                       str(SHIPPED_SET), log=lambda m: None)
+    return {**{p: (artifacts[p].path, artifacts[p].contract) for p in ("fp32", "fp16")},
+            "int8": (int8, sidecar_contract(int8))}

@@ -222,3 +222,38 @@ def test_gate_rule_uses_drop_with_labels_and_agreement_without():
     assert result_record(result(0.98, 0.60, 0.59)) == {"agreement": 0.98, "fp32_top1": 0.60, "int8_top1": 0.59,
                                                        "drop_points": 1.0}
     assert result_record(result(0.98))["drop_points"] is None
+
+
+# ------------------------------------------------------------------ the INT8 precision mix in the contract
+MIX = {"float_dtype": "float16", "float_blocks": ["conv_head", "classifier"], "blocks": 24, "float_share": 0.0833,
+       "int8_layers": 58, "float_layers": 33}
+
+
+def test_precision_mix_round_trips_and_labels_what_is_not_int8():
+    int8 = GRAY.with_precision("int8", MIX)
+    again = type(GRAY).from_json(int8.to_json())
+    assert again.precision == "int8" and again.precision_mix == MIX
+    assert again.precision_label() == "int8+fp16 (2/24 blocks fp16)"
+    assert GRAY.with_precision("int8", {**MIX, "float_blocks": []}).precision_label() == "int8+fp16"
+    assert GRAY.with_precision("int8", {**MIX, "float_dtype": "float32"}).precision_label().startswith("int8+fp32 (2/")
+    assert int8.with_precision("fp16").precision_mix == {} and GRAY.precision_label() == "fp32"
+
+
+def test_contracts_written_before_the_mix_still_load():
+    old = {k: v for k, v in GRAY.with_precision("int8").to_dict().items() if k != "precision_mix"}
+    contract = type(GRAY).from_dict(old)
+    assert contract.precision_mix == {} and contract.precision_label() == "int8 (float part not recorded)"
+
+
+@pytest.mark.parametrize("precision,mix,match", [
+    ("fp16", MIX, "describes INT8 artifacts only"),
+    ("int8", {**MIX, "float_dtype": "bfloat16"}, "float_dtype 'bfloat16'"),
+    ("int8", {**MIX, "blocks": 1}, "blocks 1 must be an integer >= the 2 float blocks"),
+    ("int8", {**MIX, "float_blocks": "conv_head"}, "list of block names"),
+    ("int8", ["conv_head"], "must be a JSON object"),
+])
+def test_inconsistent_precision_mix_is_refused(precision, mix, match):
+    from fer_edge.runtime.errors import ContractError
+    data = {**GRAY.to_dict(), "precision": precision, "precision_mix": mix}
+    with pytest.raises(ContractError, match=match):
+        type(GRAY).from_dict(data)

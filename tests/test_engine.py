@@ -6,6 +6,7 @@ import importlib.util
 import json
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,25 +37,6 @@ def _gpu_present() -> bool:
 
 # ---------------------------------------------------------------- real builds (tensorrt-rtx on CPU)
 @pytest.fixture(scope="module")
-def reference_onnx(tmp_path_factory):
-    """The bundled reference model as FP32, FP16 and INT8 ONNX, as `fer-export --fp16 --int8` writes them.
-
-    INT8 is calibrated on the shipped synthetic set (no faces needed), with a loose gate: this fixture is about
-    the engine build, and the accuracy gate has tests of its own.
-    """
-    from fer_edge.calibration.int8_export import Int8Options, export_int8
-    from fer_edge.calibration.synthesize import SHIPPED_SET
-    from fer_edge.export.exporter import export_model
-    from fer_edge.runtime.artifact_io import sidecar_contract
-    out = tmp_path_factory.mktemp("reference")
-    artifacts = export_model(fp16=True, out_dir=str(out), parity_count=256, log=lambda m: None)
-    int8 = export_int8(artifacts["fp32"].path, Int8Options(calib=str(SHIPPED_SET), calib_count=256, min_agreement=0.5),
-                       str(SHIPPED_SET), log=lambda m: None)
-    return {**{p: (artifacts[p].path, artifacts[p].contract) for p in ("fp32", "fp16")},
-            "int8": (int8, sidecar_contract(int8))}
-
-
-@pytest.fixture(scope="module")
 def engines(reference_onnx, tmp_path_factory):
     """Engines (dynamic batch 1:4:8) from the reference model's FP32, FP16 and INT8 ONNX, sharing one timing cache."""
     from fer_edge.export.engine_build import BuildOptions, build_engine
@@ -62,7 +44,7 @@ def engines(reference_onnx, tmp_path_factory):
     cache = out / "rtx.timing-cache"
     logs = []
     built = {p: build_engine(reference_onnx[p][0], out_dir=out, log=logs.append, flavour="tensorrt_rtx",
-                             options=BuildOptions(batch=(1, 4, 8), timing_cache=str(cache)))
+                             options=BuildOptions(batch=(1, 4, 8), timing_cache=str(cache), progress=True))
              for p in ("fp32", "fp16", "int8")}
     return built, cache, logs
 
@@ -326,19 +308,32 @@ def test_missing_tensorrt_names_the_install_command(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
     with pytest.raises(BackendUnavailableError) as err:
         import_builder()
-    assert "pip install 'fer-edge[trt]'" in str(err.value) and "python3-libnvinfer" in str(err.value)
-    with pytest.raises(BackendUnavailableError, match="fer-edge\\[trt\\]"):
+    # One extra per CUDA major, with the driver each needs; JetPack's own TensorRT on Jetson.
+    assert "pip install 'fer-edge[trt-cu12]' (driver R525+) or 'fer-edge[trt-cu13]' (driver R580+)" in str(err.value)
+    assert "python3-libnvinfer" in str(err.value)
+    with pytest.raises(BackendUnavailableError, match="fer-edge\\[trt-cu12\\]"):
         tensorrt_backend.pick_runtime_flavour(SIDECAR_TRT, None)
 
 
 def test_missing_cuda_python_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "cuda", None)
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
-    with pytest.raises(BackendUnavailableError, match="pip install 'fer-edge\\[trt\\]'"):
+    with pytest.raises(BackendUnavailableError, match="cuda-python is not installed") as err:
         cuda_buffers.load_cuda_api("cuda-python")
-    for other in ("cupy", "pycuda"):
-        with pytest.raises(BackendUnavailableError, match="not supported.*cuda-python"):
-            cuda_buffers.load_cuda_api(other)
+    # The pin per platform: desktop extras per CUDA major, and the cuda-python each JetPack's driver can run.
+    for pin in ("'fer-edge[trt-cu12]'", "'fer-edge[trt-cu13]'", "JetPack 6.1/6.2 (CUDA 12.6): pip install "
+                "'cuda-python==12.6.*'", "JetPack 6.0 (CUDA 12.2): 'cuda-python==12.2.*'", "'cuda-python==11.8.*'"):
+        assert pin in str(err.value)
+
+
+@pytest.mark.parametrize("other", ["pycuda", "cupy"])
+def test_other_cuda_layers_are_refused_naming_cuda_python_per_platform(other):
+    """pycuda stays removed (its pushed context must be popped on every thread; it cannot capture CUDA graphs)."""
+    with pytest.raises(BackendUnavailableError) as err:
+        cuda_buffers.load_cuda_api(other)
+    message = str(err.value)
+    assert f"cuda={other!r} is not supported" in message and "pass cuda='cuda-python' or leave it out" in message
+    assert "JetPack 6.1/6.2 (CUDA 12.6): pip install 'cuda-python==12.6.*'" in message
 
 
 def test_gpu_check_refuses_without_gpu_stack(monkeypatch, capsys):
@@ -402,26 +397,49 @@ def test_shape_and_profile_logic():
 
 
 class FakeCuda:
-    """Host-memory stand-in for the CUDA layer: 'device' buffers are numpy byte arrays, events count time."""
+    """Host-memory stand-in for the CUDA layer, as strict as CUDA where the backend can go wrong.
+
+    'Device' buffers are numpy byte arrays and events count time. The current device is per thread (a new thread
+    starts on device 0), so a stream operation from a thread where another device is current fails like CUDA's
+    "invalid device context". `fail` makes a capture invalid at cudaStreamEndCapture ("capture"), instantiation
+    fail ("instantiate") or every graph launch fail ("launch"). `integrated` models Jetson: mapped pinned host
+    memory is the memory the engine reads (the device pointer is the host pointer, as with UVA)."""
     name = "fake"
 
-    def __init__(self):
+    def __init__(self, device=0, integrated=False, can_map=True, fail=()):
         self.mem, self.next_ptr, self.calls, self.clock = {}, 0x1000, [], 0.0
-        self.device = 0
-        self.capturing = False
+        self.device, self.integrated, self.can_map, self.fail = device, integrated, can_map, set(fail)
+        self.capturing = None                       # (context, state) pairs recorded while a capture is open
+        self.contexts = []                          # every execution context the engine created
+        self._thread = threading.local()
+        self.use_device()                           # as CudaPythonApi.__init__ does on the loading thread
+
+    def use_device(self):
+        self._thread.device = self.device
+
+    def on_device(self, what):
+        if getattr(self._thread, "device", 0) != self.device:
+            raise cuda_buffers.CudaError(f"{what}: invalid device context (GPU {self.device} is not current on "
+                                         f"thread {threading.current_thread().name})")
 
     def _alloc(self, size):
         ptr, self.next_ptr = self.next_ptr, self.next_ptr + size + 256
         self.mem[ptr] = np.zeros(size, np.uint8)
         return ptr
 
+    def maps_host_memory(self):
+        return self.integrated, self.can_map
+
     def device_alloc(self, size):
         self.calls.append(("device_alloc", size))
         return self._alloc(size)
 
-    def pinned_empty(self, shape, dtype):
+    def pinned_empty(self, shape, dtype, mapped=False):
+        if mapped and not self.can_map:
+            raise cuda_buffers.CudaError("cudaHostAlloc(cudaHostAllocMapped): not supported on this GPU")
         ptr = self._alloc(cuda_buffers.nbytes(shape, dtype))
-        return self.mem[ptr].view(dtype).reshape(shape), ptr
+        self.calls.append(("pinned", mapped))
+        return self.mem[ptr].view(dtype).reshape(shape), ptr, (ptr if mapped else None)
 
     def device_free(self, ptr):
         self.mem.pop(ptr)
@@ -429,10 +447,12 @@ class FakeCuda:
     pinned_free = device_free
 
     def h2d_async(self, dst, src, size, stream):
+        self.on_device("cudaMemcpyAsync")
         self.calls.append(("h2d", size))
         self.mem[dst][:size] = self.mem[src][:size]
 
     def d2h_async(self, dst, src, size, stream):
+        self.on_device("cudaMemcpyAsync")
         self.calls.append(("d2h", size))
         self.mem[dst][:size] = self.mem[src][:size]
 
@@ -443,12 +463,13 @@ class FakeCuda:
         return 7
 
     def stream_sync(self, stream):
-        pass
+        self.on_device("cudaStreamSynchronize")
 
     def event_create(self, blocking):
         return {"t": 0.0}
 
     def event_record(self, event, stream):
+        self.on_device("cudaEventRecord")
         self.clock += 0.25
         event["t"] = self.clock
 
@@ -459,61 +480,93 @@ class FakeCuda:
         return b["t"] - a["t"]
 
     def capture_begin(self, stream):
-        self.capturing = True
+        self.on_device("cudaStreamBeginCapture")
+        self.capturing = []
 
     def capture_end(self, stream):
-        self.capturing = False
+        captured, self.capturing = self.capturing, None
+        if "capture" in self.fail or not all(ctx.capturable for ctx, _ in captured):
+            raise cuda_buffers.CudaError("CUDA call failed: cudaErrorStreamCaptureInvalidated")
+        if "instantiate" in self.fail:
+            raise cuda_buffers.CudaError("CUDA call failed: cudaErrorInvalidValue (cudaGraphInstantiate)")
         self.calls.append(("graph_captured",))
-        return "graph", "graph_exec"
+        return "graph", captured
 
     def capture_abort(self, stream):
-        self.capturing = False
+        self.capturing = None
 
     def graph_launch(self, graph_exec, stream):
+        self.on_device("cudaGraphLaunch")
+        if "launch" in self.fail:
+            raise cuda_buffers.CudaError("CUDA call failed: cudaErrorInvalidValue (cudaGraphLaunch)")
         self.calls.append(("graph_launch",))
-        self.context.compute()
+        for context, state in graph_exec:
+            context.replay(state)
 
     def graph_free(self, graph, graph_exec):
-        pass
+        self.calls.append(("graph_free",))
 
     def gpu_identity(self):
         return {"gpu_name": "Fake GPU", "compute_capability": "8.7", "cuda_driver": "12.6"}
 
 
 class FakeContext:
-    """Execution context whose 'kernel' is logits[i, k] = mean(input[i]) + k, on the fake device memory."""
+    """Execution context whose 'kernel' is logits[i, k] = mean(input[i]) + k, on the fake device memory.
+
+    Like TensorRT, a shape change is deferred until the next enqueue flushes it, and a CUDA graph stays valid only
+    while its context is unchanged since the capture: replaying it after the context was given another shape (or
+    capturing before the shape change was flushed) produces wrong output (-1000), as undefined behaviour may."""
+    capturable = True
 
     def __init__(self, api):
-        self.api, self.addr, self.shape = api, {}, None
+        self.api, self.addr, self.shape, self.state, self.flushed = api, {}, None, 0, True
+        self.device = api.device
 
     def set_tensor_address(self, name, ptr):
         self.addr[name] = ptr
+        return True
 
     def set_input_shape(self, name, shape):
-        self.shape = tuple(shape)
+        if tuple(shape) != self.shape:
+            self.shape, self.state, self.flushed = tuple(shape), self.state + 1, False
         return True
 
     def get_tensor_shape(self, name):
         return (self.shape[0], 7)
 
-    def compute(self):
+    def compute(self, stale=False):
         n = self.shape[0]
         x = self.api.mem[self.addr["input"]].view(np.float16)[: n * 32 * 32].reshape(n, -1).astype(np.float32)
         out = self.api.mem[self.addr["logits"]].view(np.float16)
-        out[: n * 7] = (x.mean(1, keepdims=True) + np.arange(7)).ravel()
+        out[: n * 7] = -1000 if stale else (x.mean(1, keepdims=True) + np.arange(7)).ravel()
+
+    def replay(self, state):
+        self.compute(stale=state != self.state)
 
     def execute_async_v3(self, stream):
-        self.api.calls.append(("enqueue", self.api.capturing))
-        if not self.api.capturing:
-            self.compute()
+        self.api.on_device("execute_async_v3")
+        self.api.calls.append(("enqueue", self.api.capturing is not None))
+        if self.api.capturing is not None:
+            self.api.capturing.append((self, self.state if self.flushed else None))
+            return True
+        self.compute()
+        self.flushed = True
         return True
 
 
-def _fake_backend(monkeypatch, cuda_graph=None):
+class FakeRtxContext(FakeContext):
+    """TensorRT-RTX: says whether it is stream-capturable; a capture of one that is not gets invalidated."""
+    capturable = False
+
+    def is_stream_capturable(self, stream):
+        return self.capturable
+
+
+def _fake_backend(monkeypatch, cuda_graph=None, api=None, contexts=None, context_type=FakeContext, **options):
+    """A TensorRTBackend on FakeCuda and a fake engine (FP16 I/O, batch 1:4:8); `contexts` limits how many
+    execution contexts the engine can create before create_execution_context returns None (out of memory)."""
     from fer_edge.runtime.contract import ModelContract
-    api = FakeCuda()
-    context = FakeContext(api)
-    api.context = context
+    api = api or FakeCuda()
     monkeypatch.setattr(tensorrt_backend, "verify_engine_file", lambda p, s: None)
     monkeypatch.setattr(tensorrt_backend, "check_compatibility", lambda p, s, t: None)
     monkeypatch.setattr(tensorrt_backend, "load_cuda_api", lambda name, device: api)
@@ -537,7 +590,10 @@ def _fake_backend(monkeypatch, cuda_graph=None):
             return type("DT", (), {"name": "HALF"})()
 
         def create_execution_context(self):
-            return context
+            if contexts is not None and len(api.contexts) >= contexts:
+                return None
+            api.contexts.append(context_type(api))
+            return api.contexts[-1]
 
     class FakeTrt:
         TensorIOMode = type("M", (), {"INPUT": "IN"})
@@ -554,11 +610,15 @@ def _fake_backend(monkeypatch, cuda_graph=None):
     monkeypatch.setattr(tensorrt_backend, "make_logger", lambda trt: type("L", (), {"errors": []})())
     contract = ModelContract(arch="tf_efficientnetv2_b0", labels=list("abcdefg"), input_size=32, channels=1,
                              color_order="GRAY", mean=[0.5], std=[0.5]).validate()
-    import pathlib
-    tmp = pathlib.Path(__file__)  # any readable file stands in for the plan bytes
-    backend = tensorrt_backend.TensorRTBackend(tmp, contract, {"engine": {"flavour": "tensorrt", "version": "10.3.0"}},
-                                               cuda_graph=cuda_graph)
+    plan = Path(__file__)  # any readable file stands in for the plan bytes
+    backend = tensorrt_backend.TensorRTBackend(plan, contract, {"engine": {"flavour": "tensorrt", "version": "10.3.0"}},
+                                               cuda_graph=cuda_graph, **options)
     return backend, api, contract
+
+
+def expected_logits(x: np.ndarray) -> np.ndarray:
+    """What the fake engine computes for a float32 batch (FP16 I/O)."""
+    return x.astype(np.float16).astype(np.float32).reshape(len(x), -1).mean(1, keepdims=True) + np.arange(7)
 
 
 def test_backend_buffers_dtypes_graph_and_timings_with_fake_gpu(monkeypatch):

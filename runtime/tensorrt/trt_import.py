@@ -12,8 +12,8 @@ from typing import Any, Iterable, Tuple
 from fer_edge.runtime.errors import BackendUnavailableError
 
 INSTALL_HINTS = {
-    "tensorrt": "desktop/server: pip install 'fer-edge[trt]' (tensorrt + cuda-python); "
-                "Jetson: sudo apt install python3-libnvinfer (ships with JetPack)",
+    "tensorrt": "desktop/server: pip install 'fer-edge[trt-cu12]' (driver R525+) or 'fer-edge[trt-cu13]' "
+                "(driver R580+); Jetson: sudo apt install python3-libnvinfer (ships with JetPack)",
     "tensorrt_lean": "pip install tensorrt-lean (runs version-compatible engines only)",
     "tensorrt_rtx": "pip install tensorrt-rtx-cu12 (TensorRT for RTX; x86_64 and Windows only)",
 }
