@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from fer_edge.models.artifact_writer import writer_alive
+
 STALE_AFTER_S = 3600.0
 
 
@@ -28,23 +30,11 @@ def _remove_stale(parent: Path, prefix: str) -> None:
     for tmp in parent.glob(f"{prefix}*.tmp"):
         pid = tmp.name[len(prefix):].split("-", 1)[0]
         try:
-            alive = pid.isdigit() and _pid_alive(int(pid))
+            alive = pid.isdigit() and writer_alive(int(pid))
             if tmp.is_dir() and (not alive or time.time() - tmp.stat().st_mtime > STALE_AFTER_S):
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError:
             pass
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:     # alive, another user's
-        return True
-    return True
 
 
 def write_folder_atomically(final: Path, fill: Callable[[Path], None]) -> Path:

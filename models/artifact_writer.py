@@ -137,18 +137,20 @@ _TEMP_WRITER_PID = re.compile(r"\.(\d+)-[^.]*\.tmp$")
 
 def _writer_is_gone(name: str) -> bool:
     match = _TEMP_WRITER_PID.search(name)
-    if match is None:
-        return False
-    pid = int(match.group(1))
+    return match is not None and not writer_alive(int(match.group(1)))
+
+
+def writer_alive(pid: int) -> bool:
+    """Whether the process that wrote a temp file (its PID in the name) still runs; this process counts as alive."""
     if pid == os.getpid():
-        return False
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
         return False
-    return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def label_set_name(labels: List[str]) -> str:

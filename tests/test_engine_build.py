@@ -295,6 +295,7 @@ def test_an_opset_19_int8_file_is_refused_on_tensorrt_8_6_naming_the_float32_rec
 def test_int8_float_flag_selects_the_recipe():
     from fer_edge.cli.export import build_parser
     from fer_edge.cli.int8_args import options_from_args
-    for flag, dtype in (([], "float16"), (["--int8-float", "fp32"], "float32")):
-        args = build_parser().parse_args(["--int8", *flag])
-        assert options_from_args(args).recipe.float_dtype == dtype
+    for flag, dtype, small_float in (([], "float16", True), (["--int8-float", "fp32"], "float32", True),
+                                     (["--int8-small-layers", "int8"], "float16", False)):
+        recipe = options_from_args(build_parser().parse_args(["--int8", *flag])).recipe
+        assert (recipe.float_dtype, recipe.float_small_layers) == (dtype, small_float)
