@@ -128,8 +128,7 @@ def build_parser():
                         help=f"comma list, the reference's first (default {','.join(ONNX_BACKENDS)})")
     parser.add_argument("--data", help="labelled faces for top-1 (default: FER-2013 PublicTest npz from ../shared)")
     parser.add_argument("--limit", type=int, help="use only the first N faces of --data")
-    add_timing_arguments(parser, warmup=10, iterations=200)
-    parser.set_defaults(batch="1,8", threads=1)
+    add_timing_arguments(parser, warmup=10, iterations=200, batch="1,8", threads=1)
     return parser
 
 

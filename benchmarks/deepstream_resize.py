@@ -55,7 +55,7 @@ def measure(model, faces, sizes: List[int], kernels: List[str], log) -> List[Dic
     for size in [native] + [s for s in sizes if s != native]:
         crops = enlarge(np.asarray(faces.images), size)
         area_pred: Optional[np.ndarray] = None
-        for kernel in (["area"] if size == native else kernels):
+        for kernel in (["area"] if size == native else ["area"] + [k for k in kernels if k != "area"]):
             start = time.perf_counter()
             pred = predictions(model, crops, kernel)
             area_pred = pred if kernel == "area" else area_pred

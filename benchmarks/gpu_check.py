@@ -235,7 +235,7 @@ def _main(argv: List[str]) -> int:
     data = args.data or default_fer2013_publictest()
     if data is None:
         raise FerEdgeError("no faces for the parity check: pass --data (npz, fer2013.csv or image folder)")
-    print(f"{trt.describe()} on {gpu['gpu_name']} (CC {gpu['compute_capability']}, driver {gpu['cuda_driver']}), "
+    print(f"{trt.describe()} on {gpu['gpu_name']} (CC {gpu['compute_capability']}, driver {gpu.get('cuda_driver') or 'unknown'}), "
           f"{platform.machine()}; parity faces from {data}")
     results = [check_one(path, args, str(data)) for path in find_sources(Path(args.artifacts), args.onnx)]
     print_report(results)

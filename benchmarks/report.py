@@ -201,10 +201,10 @@ def environment_markdown(env: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def add_timing_arguments(parser, warmup: int, iterations: int) -> None:
+def add_timing_arguments(parser, warmup: int, iterations: int, batch: str = "1,32", threads: int = 2) -> None:
     """The options every side-by-side latency script shares."""
-    parser.add_argument("--batch", default="1,32", help="batch sizes (default 1,32)")
-    parser.add_argument("--threads", type=int, default=2, help="threads per runtime (default 2)")
+    parser.add_argument("--batch", default=batch, help=f"batch sizes (default {batch})")
+    parser.add_argument("--threads", type=int, default=threads, help=f"threads per runtime (default {threads})")
     parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed rounds first (default {warmup})")
     parser.add_argument("--iterations", type=int, default=iterations, help=f"timed rounds per configuration (default {iterations})")
     parser.add_argument("--out", metavar="STEM", help="also write STEM.md and STEM.json")

@@ -185,6 +185,9 @@ def _body(argv: List[str]) -> int:
     if args.pipeline:
         return pipeline_bench.run(args)
     if args.triton:
+        if args.engine or args.backend:
+            raise UsageError("--triton measures one .onnx in-process against the same model on the server; "
+                             "--engine and --backend do not apply (run them in a separate fer-bench)")
         return triton_bench.run(args, argv)
     return run(args, argv)
 

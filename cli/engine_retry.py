@@ -69,6 +69,9 @@ def build_with_int8_fallback(onnx_path: Path, retries: int = DEFAULT_RETRIES, fp
             steps.append({"source": derived.name, "blocks_in_float": len(plan.kept) + extra, "error": str(exc)[:300]})
             log(f"  retry {len(steps) - 1} failed too: {str(exc)[:200]}")
             continue
+        except BaseException:       # another error or Ctrl-C: no derived ONNX is left behind either
+            plan.remove(derived)
+            raise
         log(f"  INT8 engine built with {len(plan.kept) + extra} block(s) in float; its source is {derived}")
         return built
     return _fp16_instead(onnx_path, plan, steps, fp16_fallback, log, build, build_kwargs)

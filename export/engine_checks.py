@@ -78,10 +78,21 @@ def _quantization_target(sidecar: Optional[Dict[str, Any]]) -> Optional[str]:
     return quantization.get("target")
 
 
+def _read_onnx(onnx_path: Path):
+    """The ONNX graph, or a clear error (not protobuf's DecodeError) when the file is not a readable ONNX."""
+    import onnx
+    try:
+        return onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, truncated files, ...
+        raise EngineBuildError(f"{onnx_path}: not a readable ONNX file ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:160] if str(exc) else 'no message'}). Re-export it with "
+                               "fer-export, or copy it and its .json sidecar again") from None
+
+
 def _has_uint8_quantization(onnx_path: Path) -> bool:
     """Any QuantizeLinear with a uint8 zero point: ONNX Runtime's CPU recipe, which TensorRT cannot parse."""
     import onnx
-    proto = onnx.load(str(onnx_path), load_external_data=False)
+    proto = _read_onnx(onnx_path)
     uint8 = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.UINT8}
     return any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in uint8 for n in proto.graph.node)
 
@@ -117,10 +128,9 @@ def check_opset(onnx_path: Path, flavour: TrtFlavour) -> None:
     if flavour.name != "tensorrt" or parse_version(flavour.version)[:1] >= (9,):
         return
     try:
-        import onnx
-    except ImportError:
+        proto = _read_onnx(onnx_path)
+    except ImportError:     # no onnx package (runtime-only install): TensorRT's parser will say it instead
         return
-    proto = onnx.load(str(onnx_path), load_external_data=False)
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset > TRT86_MAX_OPSET:
         raise EngineBuildError(f"{onnx_path}: ONNX opset {opset}, but TensorRT {flavour.version} parses opsets up to "

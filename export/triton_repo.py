@@ -31,10 +31,10 @@ from fer_edge.runtime.contract import ModelContract, shape_problems
 from fer_edge.runtime.errors import FerEdgeError, ModelLoadError
 from fer_edge.runtime.tensorrt.engine_compat import RuntimeTarget, check_compatibility, rebuild_command, verify_engine_file
 from fer_edge.runtime.tensorrt.trt_import import parse_version
+from fer_edge.runtime.triton_backend import CONTRACT_PARAMETER     # what the triton:// client reads
 
 PLATFORMS = ("auto", "onnxruntime", "tensorrt", "python")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-CONTRACT_PARAMETER = "fer_edge_contract"
 SIDECAR_NAME = "fer_edge.json"
 LABELS_NAME = "labels.txt"
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
@@ -166,6 +166,9 @@ def check_plan_for_server(path: Path, sidecar: Dict[str, Any], server_trt: Optio
     if not wanted:
         raise TritonRepoError(f"--triton-trt {server_trt!r}: not a TensorRT version; pass e.g. 10.16 or 10.16.0.72")
     # "10.16" names the release line: compare the parts given; the patch must still match, which a note says.
+    if len(wanted) < 2:
+        raise TritonRepoError(f"--triton-trt {server_trt!r}: give at least major.minor (e.g. 10.16): a plan loads only "
+                              "in the TensorRT release that built it")
     partial = len(wanted) < 3 and parse_version(built)[:len(wanted)] == wanted
     target = RuntimeTarget("tensorrt", built if partial else server_trt, machine="")
     try:
@@ -284,9 +287,9 @@ def write_model_folder(model: TritonModel, repo_dir: Path) -> Path:
     def fill(folder: Path) -> None:
         version = folder / "1"
         version.mkdir()
-        (folder / "config.pbtxt").write_text(model.config)
+        (folder / "config.pbtxt").write_text(model.config, encoding="utf-8")
         (folder / LABELS_NAME).write_text("".join(label + "\n" for label in model.contract.labels), encoding="utf-8")
-        (folder / SIDECAR_NAME).write_text(json.dumps(model.sidecar, indent=2, sort_keys=True) + "\n")
+        (folder / SIDECAR_NAME).write_text(json.dumps(model.sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         shutil.copyfile(model.artifact, version / model.model_file)
         for name, source in model.extra_files.items():
             shutil.copyfile(source, version / name)

@@ -121,7 +121,8 @@ class FerPipeline:
         """One frame -> one FaceResult per face (empty for zero-size frames and frames without faces).
 
         boxes: your own (x, y, w, h) face boxes instead of running the detector; boxes wholly outside
-        the frame are ignored.
+        the frame are ignored, and the rest are checked like crop_face does: a box whose centre lies outside
+        the frame (often (x0, y0, x1, y1) corners passed as a box) raises InputError naming the fix.
         """
         self.last_timings = {s: 0.0 for s in PIPELINE_STAGES}
         has_pixels = check_frame(frame)

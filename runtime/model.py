@@ -181,8 +181,12 @@ def _load_onnx(path: Path, threads: Optional[int], providers: Optional[List[str]
     sidecar = read_sidecar(path)
     verify_artifact(path, sidecar, ONNX_INTEGRITY_FIX)     # before any backend parses a single byte
     backend = _onnx_backend(backend_name, path, threads, providers)
-    contract = _resolve_contract(path, backend.embedded_contract(str(path)), sidecar)
-    backend.check_contract(contract, str(path))
+    try:
+        contract = _resolve_contract(path, backend.embedded_contract(str(path)), sidecar)
+        backend.check_contract(contract, str(path))
+    except Exception:
+        backend.close()     # release the session (OpenVINO: a compiled model and its threads) now, not at GC
+        raise
     return FerModel(path, contract, backend, sidecar)
 
 

@@ -299,3 +299,12 @@ def test_int8_float_flag_selects_the_recipe():
                                      (["--int8-small-layers", "int8"], "float16", False)):
         recipe = options_from_args(build_parser().parse_args(["--int8", *flag])).recipe
         assert (recipe.float_dtype, recipe.float_small_layers) == (dtype, small_float)
+
+
+@needs_export_stack
+def test_a_corrupt_onnx_is_a_clear_build_error_not_a_protobuf_traceback(tmp_path):
+    from fer_edge.export.engine_checks import check_opset
+    junk = tmp_path / "model_int8.onnx"
+    junk.write_bytes(b"\x08\x07garbage" * 50)
+    with pytest.raises(EngineBuildError, match="not a readable ONNX file.*Re-export it with fer-export"):
+        check_opset(junk, TrtFlavour(None, "tensorrt", "8.6.2"))

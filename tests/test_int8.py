@@ -161,7 +161,8 @@ def test_contract_records_the_real_int8_fp16_mix(int8_run):
     weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
     int8 = [n for n in weighted if n.input[0] in dq_out and n.input[1] in dq_out]
     assert mix["float_dtype"] == "float16" and mix["int8_layers"] == len(int8) > 0
-    assert mix["float_layers"] == len(weighted) - len(int8) == 33          # 32 squeeze-excite convs + the classifier
+    # 32 squeeze-excite convs + the classifier, plus the layers of any block the gate kept in float
+    assert mix["float_layers"] == len(weighted) - len(int8) >= 33
     assert "classifier" in mix["float_blocks"] and mix["blocks"] == 24
     gate_kept = json.loads(path.with_name(path.name + ".json").read_text())["gate"]["kept_in_higher_precision"]
     assert set(gate_kept["blocks"]) | {"classifier"} == set(mix["float_blocks"])

@@ -212,7 +212,8 @@ def test_cpu_backends_script_writes_ratios_against_onnxruntime_fp32(artifacts, s
         for row in rows:
             stats = row["batches"][batch]["end_to_end"]
             assert stats["ratio"] == pytest.approx(stats["faces_per_s"] / rows[0]["batches"][batch]["end_to_end"]
-                                                   ["faces_per_s"], rel=1e-2)
+                                                   ["faces_per_s"], abs=2e-3)   # ratios are rounded to 3 decimals
     if importlib.util.find_spec("skimage") is not None:
-        assert rows[0]["agreement_lfw"] == 1.0 and 0.0 <= rows[3]["agreement_lfw"] <= 1.0
+        assert rows[0]["agreement_lfw"] == 1.0 and rows[1]["agreement_lfw"] == 1.0     # FP32 on both backends
+        assert 0.5 <= rows[3]["agreement_lfw"] <= 1.0      # a broken INT8 file agrees on ~1 face in 7
     assert f"**Verdict:** INT8 `{artifacts['int8']}` on " in out.with_suffix(".md").read_text()

@@ -6,7 +6,6 @@ uint8 faces, so the pipeline itself is always exercised.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +299,13 @@ def test_ferplus_split_matches_what_fer_bench_scores():
     assert train.y.min() == 0 and train.y.max() == 7 and np.all(train.split == 0)
     with pytest.raises(ValueError, match="neither FER-2013"):
         D.load_split(DATA_DIR, "publictest", ["a", "b"])
+
+
+def test_ferplus_labels_need_the_vote_counts(tmp_path):
+    from fer_edge.data.labels import FERPLUS_LABELS
+    for name, rows in (("fer2013_publictest.npz", 3),):
+        np.savez(tmp_path / name, x=np.zeros((rows, 48, 48), np.uint8), y=np.zeros(rows, np.uint8),
+                 row=np.arange(rows), split=np.ones(rows, np.uint8), class_names=np.array(FER2013_LABELS))
+    assert len(D.load_split(tmp_path, "publictest")) == 3
+    with pytest.raises(ValueError, match=r"no \['ferplus_votes'\] array \(FER\+ labels need the FER\+ vote counts"):
+        D.load_split(tmp_path, "publictest", FERPLUS_LABELS)

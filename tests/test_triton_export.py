@@ -405,3 +405,10 @@ def test_cli_refuses_an_engine_the_server_cannot_load_before_exporting(tmp_path,
     assert main(argv + ["--triton-trt", "10.16"]) == 2
     assert "built with TensorRT 10.3.0.26 and the server runs TensorRT 10.16" in capsys.readouterr().err
     assert not (tmp_path / "art").exists() and not (tmp_path / "models").exists()
+
+
+def test_a_major_only_server_version_is_refused(tmp_path):
+    from fer_edge.export.triton_repo import TritonRepoError, check_plan_for_server
+    sidecar = {"engine": {"flavour": "tensorrt", "version": "10.16.0.72", "target": {}}}
+    with pytest.raises(TritonRepoError, match="at least major.minor"):
+        check_plan_for_server(tmp_path / "x.plan", sidecar, "10")

@@ -75,6 +75,11 @@ def load_split(data_dir, name: str, labels: Sequence[str] = FER2013_LABELS) -> S
                                     f"(default {DEFAULT_DATA_DIR})")
         keys = ("x", "y", "row", "split", "class_names") + (("ferplus_votes",) if source == "ferplus" else ())
         with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise ValueError(f"{path}: no {missing} array" + (" (FER+ labels need the FER+ vote counts that the "
+                                 "shared FER-2013 npz files carry; train FER-2013 labels with training/config_cpu.json)"
+                                 if "ferplus_votes" in missing else "") + "; is this a shared FER-2013 npz file?")
             parts.append({k: z[k] for k in keys})
     class_names = [str(c) for c in parts[0]["class_names"]]
     if class_names != list(FER2013_LABELS):
