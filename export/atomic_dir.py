@@ -1,7 +1,10 @@
-"""Write a folder all at once: fill a hidden temp folder, then rename it into place, so a reader (a Triton server
-polling its model repository) sees the old folder or the new one, never half of one."""
+"""Write a folder all at once: fill a hidden temp folder, then swap it into place, so a reader (a Triton server
+polling its model repository) sees the old folder or the new one, never half of one. Replacing a folder is one
+atomic exchange on Linux (renameat2 RENAME_EXCHANGE); elsewhere it is two renames, with a moment between them
+when the folder is absent."""
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import tempfile
@@ -49,18 +52,34 @@ def write_folder_atomically(final: Path, fill: Callable[[Path], None]) -> Path:
     try:
         os.chmod(staging, 0o777 & ~_umask())     # mkdtemp makes 0700; a server in a container must read it
         fill(staging)
-        if final.exists():
-            os.rename(final, old)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if old.exists():
-                os.rename(old, final)           # put the previous folder back
-            raise
+        if final.exists() and exchange(staging, final):
+            pass                                # the old folder now sits at `staging`, removed below
+        else:
+            if final.exists():
+                os.rename(final, old)
+            try:
+                os.rename(staging, final)
+            except OSError:
+                if old.exists():
+                    os.rename(old, final)       # put the previous folder back
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# renameat2(2): AT_FDCWD resolves relative paths from the working directory; RENAME_EXCHANGE swaps the two paths.
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2); False where the OS or filesystem cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):   # not Linux/glibc >= 2.28
+        return False
+    return renameat2(AT_FDCWD, os.fsencode(str(a)), AT_FDCWD, os.fsencode(str(b)), RENAME_EXCHANGE) == 0
 
 
 def _umask() -> int:

@@ -412,3 +412,22 @@ def test_a_major_only_server_version_is_refused(tmp_path):
     sidecar = {"engine": {"flavour": "tensorrt", "version": "10.16.0.72", "target": {}}}
     with pytest.raises(TritonRepoError, match="at least major.minor"):
         check_plan_for_server(tmp_path / "x.plan", sidecar, "10")
+
+
+def test_replacing_a_model_folder_is_one_atomic_swap_on_linux(tmp_path):
+    import sys
+    from fer_edge.export.atomic_dir import exchange, write_folder_atomically
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_text("A"), (b / "x").write_text("B")
+    swapped = exchange(a, b)
+    if sys.platform.startswith("linux"):
+        assert swapped, "renameat2(RENAME_EXCHANGE) is in glibc >= 2.28 and every local Linux filesystem"
+    if swapped:
+        assert (a / "x").read_text() == "B" and (b / "x").read_text() == "A"
+    model = tmp_path / "repo" / "m"
+    for version in ("1", "2"):
+        write_folder_atomically(model, lambda d, v=version: (d / "v").write_text(v))
+    assert (model / "v").read_text() == "2"
+    assert sorted(p.name for p in model.parent.iterdir()) == ["m"]       # no temp or old folders left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
