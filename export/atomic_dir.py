@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from fer_edge.models.artifact_writer import writer_alive
+from fer_edge.models.artifact_writer import current_umask, writer_alive
 
 STALE_AFTER_S = 3600.0
 
@@ -50,7 +50,7 @@ def write_folder_atomically(final: Path, fill: Callable[[Path], None]) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", suffix=".tmp", dir=parent))
     old = staging.with_name(staging.name[:-4] + ".old.tmp")
     try:
-        os.chmod(staging, 0o777 & ~_umask())     # mkdtemp makes 0700; a server in a container must read it
+        os.chmod(staging, 0o777 & ~current_umask())     # mkdtemp makes 0700; a server in a container must read it
         fill(staging)
         if final.exists() and exchange(staging, final):
             pass                                # the old folder now sits at `staging`, removed below
@@ -82,7 +82,3 @@ def exchange(a: Path, b: Path) -> bool:
     return renameat2(AT_FDCWD, os.fsencode(str(a)), AT_FDCWD, os.fsencode(str(b)), RENAME_EXCHANGE) == 0
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -22,6 +22,7 @@ from fer_edge.export.engine_build import source_contract
 from fer_edge.models.artifact_writer import ExportError, atomic_write_bytes
 from fer_edge.runtime.artifact_io import read_sidecar, sidecar_path, verify_artifact
 from fer_edge.runtime.contract import ModelContract
+from fer_edge.runtime.model import ONNX_INTEGRITY_FIX
 
 CONFIG_NAME = "config_infer_fer.txt"
 LABELS_NAME = "labels.txt"
@@ -145,7 +146,7 @@ def write_deepstream_config(onnx_path: Path, out_dir: Path, options: DeepStreamO
     if not onnx_path.is_file() or onnx_path.suffix.lower() != ".onnx":
         raise ExportError(f"{onnx_path}: no such .onnx file; DeepStream's config takes a fer-edge probabilities ONNX")
     sidecar = read_sidecar(onnx_path)
-    verify_artifact(onnx_path, sidecar, "Copy the model and its .json sidecar again, or re-export both.")
+    verify_artifact(onnx_path, sidecar, ONNX_INTEGRITY_FIX)
     contract = source_contract(onnx_path)
     text, warnings = deepstream_config(contract, onnx_path.name, options)
     for warning in warnings:

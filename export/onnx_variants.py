@@ -25,7 +25,7 @@ from fer_edge.export.parity import ParityReport, ort_logits
 from fer_edge.models.artifact_writer import ExportError, embed_contract, graph_summary, write_export_artifact
 from fer_edge.runtime.artifact_io import read_sidecar, sha256_file, sidecar_path, verify_artifact
 from fer_edge.runtime.contract import ModelContract
-from fer_edge.runtime.model import softmax
+from fer_edge.runtime.model import ONNX_INTEGRITY_FIX, softmax
 from fer_edge.runtime.preprocess import normalization, prepare_batch
 
 # Same network, only the preprocessing or the softmax moved into the graph: every face must get the same class.
@@ -137,7 +137,7 @@ def read_source(path: Path):
     if not path.is_file() or path.suffix.lower() != ".onnx":
         raise ExportError(f"{path}: no such .onnx file; variants are made from an ONNX that fer-export wrote")
     sidecar = read_sidecar(path)
-    verify_artifact(path, sidecar, "Copy the model and its .json sidecar again, or re-export both with fer-export.")
+    verify_artifact(path, sidecar, ONNX_INTEGRITY_FIX)
     contract = source_contract(path)
     if contract.dtype != "float32" or contract.output_kind != "logits":
         raise ExportError(f"{path}: already a serving form ({contract.dtype} input, {contract.output_kind} output); "

@@ -29,6 +29,7 @@ from fer_edge.export.triton_config import INSTANCE_KINDS, TRITON_DTYPES, ModelCo
 from fer_edge.runtime.artifact_io import read_sidecar, sha256_file, verify_artifact
 from fer_edge.runtime.contract import ModelContract, shape_problems
 from fer_edge.runtime.errors import FerEdgeError, ModelLoadError
+from fer_edge.runtime.model import ONNX_INTEGRITY_FIX
 from fer_edge.runtime.tensorrt.engine_compat import RuntimeTarget, check_compatibility, rebuild_command, verify_engine_file
 from fer_edge.runtime.tensorrt.trt_import import parse_version
 from fer_edge.runtime.triton_backend import CONTRACT_PARAMETER     # what the triton:// client reads
@@ -125,7 +126,7 @@ def _onnx_model(path: Path, platform: str, max_batch_size: Optional[int], trt_ac
         raise TritonRepoError("the TensorRT accelerator is an ONNX Runtime backend option; the python platform "
                               "runs ONNX Runtime on the CPU. Drop one of the two.")
     sidecar = read_sidecar(path)
-    verify_artifact(path, sidecar, "Copy the model and its .json sidecar again, or re-export both with fer-export.")
+    verify_artifact(path, sidecar, ONNX_INTEGRITY_FIX)
     contract = source_contract(path)
     tensors = _onnx_io(path, contract)
     spec = {"platform": None if platform == "python" else "onnxruntime_onnx",

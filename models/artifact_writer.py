@@ -36,13 +36,18 @@ def _write_temp(path: Path, data: bytes) -> str:
             fh.flush()
             os.fsync(fh.fileno())
         # mkstemp creates 0600; artifacts are shared with other users and containers, so honour the umask.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~current_umask())
     except BaseException:
         _unlink_quietly(tmp)
         raise
     return tmp
+
+
+def current_umask() -> int:
+    """The process umask (POSIX has no call that only reads it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _unlink_quietly(tmp: str) -> None:

@@ -53,6 +53,18 @@ def _check_providers(providers: List[str], available: List[str]) -> None:
 ONNX_INPUT_TYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}
 
 
+def check_graph_contract(contract: ModelContract, source: str, input_type: str, expected_input_type: Optional[str],
+                         input_shape, output_shape) -> None:
+    """The one contract-vs-graph check of the .onnx backends (ONNX Runtime, OpenVINO; each names types its way)."""
+    problems = shape_problems(contract, input_shape, output_shape, "graph")
+    if input_type != expected_input_type:
+        problems.insert(0, f"the graph input is {input_type} but the contract's preprocessing produces {contract.dtype}")
+    if problems:
+        raise ContractError(f"{source}: the contract does not fit the graph: {'; '.join(problems)}. The contract "
+                            "(sidecar or embedded metadata) belongs to another model, or the model was edited "
+                            "after export; re-export it with fer-export, which writes a matching contract.")
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     max_batch: Optional[int] = None         # ONNX Runtime takes any batch size
@@ -79,14 +91,8 @@ class OnnxRuntimeBackend:
 
     def check_contract(self, contract: ModelContract, source: str) -> None:
         """Refuse a contract the graph contradicts: input type and shape, and output width when it is static."""
-        problems = shape_problems(contract, self.input_shape, self.output_shape, "graph")
-        if self.input_type != ONNX_INPUT_TYPES[contract.dtype]:
-            problems.insert(0, f"the graph input is {self.input_type} but the contract's preprocessing produces "
-                               f"{contract.dtype}")
-        if problems:
-            raise ContractError(f"{source}: the contract does not fit the graph: {'; '.join(problems)}. The contract "
-                                "(sidecar or embedded metadata) belongs to another model, or the model was edited "
-                                "after export; re-export it with fer-export, which writes a matching contract.")
+        check_graph_contract(contract, source, self.input_type, ONNX_INPUT_TYPES[contract.dtype], self.input_shape,
+                             self.output_shape)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]

@@ -19,8 +19,9 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
-from fer_edge.runtime.contract import METADATA_KEY, ModelContract, shape_problems
-from fer_edge.runtime.errors import BackendUnavailableError, ContractError, ModelLoadError
+from fer_edge.runtime.contract import METADATA_KEY, ModelContract
+from fer_edge.runtime.errors import BackendUnavailableError, ModelLoadError
+from fer_edge.runtime.onnx_backend import check_graph_contract
 
 INSTALL_HINT = "pip install 'fer-edge[openvino]'"
 DEVICE = "CPU"
@@ -153,14 +154,8 @@ class OpenVinoBackend:
     def check_contract(self, contract: ModelContract, source: str) -> None:
         """Refuse a contract the graph contradicts (input type and shape, static output width) or whose precision
         the compiled kernels do not run."""
-        problems = shape_problems(contract, self.input_shape, self.output_shape, "graph")
-        if self.input_type != OPENVINO_INPUT_TYPES.get(contract.dtype):
-            problems.insert(0, f"the graph input is {self.input_type} but the contract's preprocessing produces "
-                               f"{contract.dtype}")
-        if problems:
-            raise ContractError(f"{source}: the contract does not fit the graph: {'; '.join(problems)}. The contract "
-                                "(sidecar or embedded metadata) belongs to another model, or the model was edited "
-                                "after export; re-export it with fer-export, which writes a matching contract.")
+        check_graph_contract(contract, source, self.input_type, OPENVINO_INPUT_TYPES.get(contract.dtype),
+                             self.input_shape, self.output_shape)
         self.check_precision(contract.precision, source)
 
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -48,9 +48,9 @@ def astronaut_bgr() -> np.ndarray:
 
 def lfw_faces() -> np.ndarray:
     """The 100 LFW face crops of skimage.data.lfw_subset() as uint8 (100, 25, 25) grayscale."""
-    faces = _skimage_data().lfw_subset()[:100]  # the other 100 are non-faces
-    # skimage documents uint8 but 0.26 returns float64 in [0, 1]; accept both.
-    return faces if faces.dtype == np.uint8 else np.round(np.clip(faces, 0, 1) * 255).astype(np.uint8)
+    from fer_edge.benchmarks.cpu_backends import lfw_faces as benchmark_lfw_faces
+    _skimage_data()     # skip with the install hint when scikit-image is absent
+    return benchmark_lfw_faces()
 
 
 _download_failed = []  # the reason, once a download failed: later tests skip at once instead of waiting again
