@@ -25,7 +25,7 @@ from fer_edge.benchmarks.latency import discard, run_interleaved, summarize
 from fer_edge.benchmarks.report import environment, environment_markdown
 from fer_edge.calibration.int8_export import Int8Options, export_int8
 from fer_edge.calibration.quantize import CALIBRATION_METHODS, TrtRecipe
-from fer_edge.calibration.synthesize import shipped_set_for_reference_model
+from fer_edge.calibration.synthesize import shipped_set_for_weights
 from fer_edge.cli_support import new_parser, run_cli
 from fer_edge.export.exporter import export_model
 from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
@@ -210,7 +210,7 @@ def _main(argv: List[str]) -> int:
         args.checkpoint, Path(tempfile.mkdtemp(prefix="fer-int8-fp32-")), args.val, args.val_split)
     synthetic = args.synthetic
     if synthetic == "shipped":
-        synthetic = str(shipped_set_for_reference_model())
+        synthetic = str(shipped_set_for_weights(sidecar_contract(fp32).source_weights_sha256))
     run(fp32, args.calib, args.calib_split, args.val, args.val_split, args.methods.split(","),
         args.calib_count, Path(args.out), command, args.note, synthetic, args.ablation)
     print(f"wrote {args.out}.md and {args.out}.json")

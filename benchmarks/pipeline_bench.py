@@ -28,13 +28,14 @@ from fer_edge.benchmarks.latency import run_interleaved, summarize
 from fer_edge.benchmarks.report import environment, environment_markdown, load_average
 from fer_edge.cli_support import new_parser, run_cli
 from fer_edge.data.datasets import load_faces
-from fer_edge.export.reference import reference_model_path
+from fer_edge.export.reference import bundled_name_in, reference_model_path
 from fer_edge.models.artifact_writer import atomic_write_bytes, atomic_write_json
 from fer_edge.pipeline.detection import to_bgr
 from fer_edge.pipeline.detectors import create_detector
 from fer_edge.pipeline.fer_pipeline import FerPipeline
 from fer_edge.pipeline.smoothing import count_flips
 from fer_edge.pipeline.video_io import open_source
+from fer_edge.runtime import load
 from fer_edge.runtime.artifact_io import sha256_file
 from fer_edge.runtime.errors import DataError, FerEdgeError
 
@@ -72,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_once(g, "--note", metavar="TEXT", help="free text for the report (e.g. which weights the model has)")
     # Shared with fer-bench; added here only when running standalone.
     _add_once(g, "--model", action="append", default=[], metavar="PATH", help="FER artifact (.onnx/.engine)")
+    _add_once(g, "--backend", metavar="NAME", help="backend of the classifier .onnx (onnxruntime, openvino)")
     _add_once(g, "--threads", type=int, default=None, metavar="N", help="ONNX Runtime threads (detector and classifier)")
     _add_once(g, "--warmup", type=int, default=DEFAULT_WARMUP, metavar="N", help="untimed rounds")
     _add_once(g, "--iterations", type=int, default=None, metavar="N", help=f"timed rounds (default {DEFAULT_ITERATIONS})")
@@ -230,13 +232,16 @@ def run(args) -> int:
     models = [*getattr(args, "models", []), *(args.model or [])]
     if len(models) > 1:
         raise FerEdgeError("--pipeline benchmarks one model; pass a single --model")
-    if models:
-        model_path = models[0]
-    else:
-        model_path = str(reference_model_path(log=lambda m: print(m, file=sys.stderr)))
+    name = bundled_name_in(models[0] if models else None)
+    model_path = models[0] if name is None else str(reference_model_path(name, log=lambda m: print(m, file=sys.stderr)))
     options = {"input_size": args.detector_size} if args.detector_size else {}
     detector = create_detector(args.detector, threads=args.threads, **options)
-    pipeline = FerPipeline(model_path, detector=detector, threads=args.threads)
+    backend = getattr(args, "backend", None)
+    if backend and "," in backend:
+        raise FerEdgeError(f"--backend {backend}: --pipeline runs one classifier backend; name one "
+                           "(e.g. --backend openvino)")
+    classifier = load(model_path, backend=backend, threads=args.threads) if backend else model_path
+    pipeline = FerPipeline(classifier, detector=detector, threads=args.threads)
     patches = face_patches(args.pipeline, detector)
     load_at_start = load_average()
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from fer_edge.calibration import gate, sources
 from fer_edge.calibration.int8_export import Int8Options, load_calibration
-from fer_edge.calibration.synthesize import SHIPPED_SET
+from fer_edge.calibration.synthesize import SHIPPED_SETS
 from fer_edge.data.metrics import compare_outputs
 from fer_edge.runtime.artifact_io import read_sidecar, sha256_file, sidecar_path
 from fer_edge.runtime.contract import ModelContract
@@ -61,7 +61,9 @@ def recorded_gate(int8_path: Path, calib: Optional[str] = None, val: Optional[st
                           calib_seed=record["calib_seed"], calib_frame_step=record["calib_frame_step"],
                           calib_detector=record["calib_detector"], val_split=record["val_split"],
                           val=_located(val, record["val"], "--gate-val") if record["val"] else None)
-    calib_path = str(SHIPPED_SET) if record["shipped_set"] and calib is None else \
+    shipped = record["shipped_set"]
+    shipped = "fer2013" if shipped is True else shipped   # sidecars written before there were two bundled models
+    calib_path = str(SHIPPED_SETS[shipped]) if shipped and calib is None else \
         _located(calib, record["calib"], "--gate-calib")
     faces = load_calibration(options, calib_path, contract, log=lambda _m: None).val
     if sources.content_hash(faces) != record["faces_sha256"]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from fer_edge.calibration import gate, quantize, sources
 from fer_edge.calibration.cache import CalibrationCache, ranges_key, tensor_key
-from fer_edge.calibration.synthesize import SHIPPED_SET, shipped_set_for_reference_model
+from fer_edge.calibration.synthesize import shipped_set_for, shipped_set_name
 from fer_edge.data.datasets import FaceSet
 from fer_edge.models.artifact_writer import (artifact_name, embed_contract, graph_summary, remove_stale_temp_files,
                                              write_export_artifact)
@@ -49,15 +49,18 @@ class Int8Options:
     recipe: quantize.TrtRecipe = quantize.TrtRecipe()   # tensorrt target: FP16 float part, small layers float
 
 
-def resolve_calibration(options: Int8Options, reference_model: bool) -> str:
-    """The calibration source to use, or a clear error when there is none (checked before any export work)."""
+def resolve_calibration(options: Int8Options, bundled: Optional[str]) -> str:
+    """The calibration source to use, or a clear error when there is none (checked before any export work).
+
+    bundled: the name of the bundled model being exported, None for the user's own checkpoint.
+    """
     if options.calib:
         if not Path(options.calib).exists():
             raise DataError(f"--calib {options.calib}: no such file or folder. " + sources.WHAT_CALIBRATION_IS)
         return options.calib
-    if reference_model:
-        # The project may not ship FER-2013 faces; it ships images synthesised from the model itself.
-        return str(shipped_set_for_reference_model())
+    if bundled:
+        # The project may not ship FER-2013 faces; it ships images synthesised from each bundled model itself.
+        return str(shipped_set_for(bundled))
     raise DataError("--int8 needs --calib PATH for your checkpoint. " + sources.WHAT_CALIBRATION_IS)
 
 
@@ -90,9 +93,9 @@ def _read_role(path: str, role: str, flag: str, split: Optional[str], options: I
 def load_calibration(options: Int8Options, calib_source: str, contract: ModelContract,
                      log: Callable[[str], None] = print) -> CalibrationSet:
     """Read the calibration (and --val) faces and check there are enough readable ones for the sample and gate."""
-    if Path(calib_source).resolve() == SHIPPED_SET:
-        log(f"calibration: no --calib given, so the shipped synthetic set {SHIPPED_SET.name} is used: images "
-            "synthesised from the reference model's own BatchNorm statistics (no faces). Real faces from your "
+    if shipped_set_name(calib_source):
+        log(f"calibration: no --calib given, so the shipped synthetic set {Path(calib_source).name} is used: images "
+            "synthesised from the bundled model's own BatchNorm statistics (no faces). Real faces from your "
             "camera calibrate better: pass --calib PATH (docs/int8.md compares the two).")
     faces = _read_role(calib_source, "calibration", "--calib", options.calib_split, options, contract)
     if options.val:
@@ -166,7 +169,8 @@ def _validation_record(options: Int8Options, calibration: "CalibrationSet") -> d
             "calib_count": options.calib_count, "calib_seed": options.calib_seed,
             "calib_frame_step": options.calib_frame_step, "calib_detector": options.calib_detector,
             "val": absolute(options.val), "val_split": options.val_split,
-            "shipped_set": bool(calibration.path) and Path(calibration.path).resolve() == SHIPPED_SET,
+            # the bundled model's name whose shipped set calibrated (sidecars before FER+ wrote True: fer2013)
+            "shipped_set": (shipped_set_name(calibration.path) if calibration.path else None) or False,
             "faces_sha256": sources.content_hash(calibration.val)}
 
 

@@ -7,7 +7,8 @@ The images then drive each layer through roughly the activation ranges real face
 INT8 calibration measures. A small cross-entropy term towards a balanced set of target classes keeps every
 class's activation patterns represented; random shifts and flips at each step avoid pixel-level artefacts.
 
-    python -m fer_edge.calibration.synthesize --out calibration/synthetic/reference_bn_synth.npz
+    python -m fer_edge.calibration.synthesize                      # the FER-2013 model's set
+    python -m fer_edge.calibration.synthesize --model ferplus      # the FER+ model's set
 
 writes an npz with `x` (uint8 faces, no labels: the targets are the model's own wish, not ground truth)
 and the provenance (weights sha256, steps, seed, final BatchNorm loss). Needs torch and timm ([export]).
@@ -27,13 +28,16 @@ import numpy as np
 
 from fer_edge.cli_support import new_parser, run_cli
 from fer_edge.models.artifact_writer import atomic_write_bytes, check_output_folder
-from fer_edge.models.checkpoint import REFERENCE_MODEL
+from fer_edge.models.bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model
 from fer_edge.models.factory import prepare_model
 from fer_edge.runtime.artifact_io import sha256_file
 from fer_edge.runtime.errors import DataError
 
 
-SHIPPED_SET = Path(__file__).resolve().parent / "synthetic" / "reference_bn_synth.npz"
+_SYNTHETIC = Path(__file__).resolve().parent / "synthetic"
+# One set per bundled model: the images follow that model's own BatchNorm statistics.
+SHIPPED_SETS = {"fer2013": _SYNTHETIC / "reference_bn_synth.npz", "ferplus": _SYNTHETIC / "ferplus_bn_synth.npz"}
+SHIPPED_SET = SHIPPED_SETS[DEFAULT_MODEL]
 REGENERATE = "python -m fer_edge.calibration.synthesize"
 
 
@@ -43,19 +47,36 @@ def read_provenance(path: Path = SHIPPED_SET) -> dict:
         return json.loads(str(data["provenance"]))
 
 
-def shipped_set_for_reference_model() -> Path:
-    """The shipped synthetic set, checked to have been made from the bundled reference weights.
+def shipped_set_name(path) -> Optional[str]:
+    """The bundled model whose shipped synthetic set `path` is, else None."""
+    resolved = Path(path).resolve()
+    return next((name for name, p in SHIPPED_SETS.items() if p == resolved), None)
+
+
+def shipped_set_for(model_name: str = DEFAULT_MODEL) -> Path:
+    """The shipped synthetic set of a bundled model, checked to have been made from its weights.
 
     A set synthesised from other weights would still calibrate, but silently less well: refuse it instead.
     """
-    if not SHIPPED_SET.is_file():
-        raise DataError(f"the shipped synthetic calibration set is missing ({SHIPPED_SET}); reinstall fer-edge, "
+    path, weights = SHIPPED_SETS[model_name], bundled_model(model_name).weights
+    regenerate = REGENERATE + ("" if model_name == DEFAULT_MODEL else f" --model {model_name}")
+    if not path.is_file():
+        raise DataError(f"the shipped synthetic calibration set is missing ({path}); reinstall fer-edge, "
                         "or pass --calib PATH with a few hundred face crops")
-    made_from = read_provenance(SHIPPED_SET).get("weights_sha256")
-    if made_from != sha256_file(REFERENCE_MODEL):
-        raise DataError(f"{SHIPPED_SET.name} was synthesised from other weights ({str(made_from)[:12]}...) than the "
-                        f"bundled reference model; regenerate it with `{REGENERATE}`, or pass --calib PATH")
-    return SHIPPED_SET
+    made_from = read_provenance(path).get("weights_sha256")
+    if made_from != sha256_file(weights):
+        raise DataError(f"{path.name} was synthesised from other weights ({str(made_from)[:12]}...) than the "
+                        f"bundled {model_name} model; regenerate it with `{regenerate}`, or pass --calib PATH")
+    return path
+
+
+def shipped_set_for_weights(weights_sha256: str) -> Path:
+    """The shipped set of the bundled model with these weights (an FP32 export's source_weights_sha256)."""
+    for name, model in BUNDLED_MODELS.items():
+        if model.weights.is_file() and sha256_file(model.weights) == weights_sha256:
+            return shipped_set_for(name)
+    raise DataError(f"the shipped synthetic sets belong to the bundled models ({', '.join(BUNDLED_MODELS)}); this "
+                    f"model's weights ({str(weights_sha256)[:12]}...) are none of them: pass a calibration file")
 
 
 @dataclass
@@ -181,9 +202,11 @@ PROG = "python -m fer_edge.calibration.synthesize"
 
 def build_parser():
     parser = new_parser(PROG, description=__doc__)
-    parser.add_argument("--checkpoint", help="weights to synthesise from (default: the bundled reference model)")
-    parser.add_argument("--out", default=str(SHIPPED_SET), help=f"npz to write (default {SHIPPED_SET.name} in "
-                                                                  "calibration/synthetic/)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", choices=sorted(BUNDLED_MODELS), help="bundled model to synthesise from; writes "
+                        "its shipped set unless --out is given (default: fer2013)")
+    source.add_argument("--checkpoint", help="other weights to synthesise from (needs --out)")
+    parser.add_argument("--out", help="npz to write (default: the bundled model's set in calibration/synthetic/)")
     for field, value in asdict(SynthesisOptions()).items():
         parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=value,
                             help=f"(default {value})")
@@ -193,8 +216,12 @@ def build_parser():
 def _main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     options = SynthesisOptions(**{f: getattr(args, f) for f in asdict(SynthesisOptions())})
+    if args.checkpoint and not args.out:
+        raise DataError("--checkpoint needs --out: the shipped sets belong to the bundled models")
+    name = args.model or DEFAULT_MODEL
+    args.out = args.out or str(SHIPPED_SETS[name])
     check_output_folder(Path(args.out).parent, "--out")  # before minutes of synthesis, not after
-    prepared = prepare_model(checkpoint=args.checkpoint)
+    prepared = prepare_model(checkpoint=args.checkpoint or str(bundled_model(name).weights))
     contract = prepared.contract
     result = synthesize(prepared.model, contract, options)
     provenance = {"weights_sha256": contract.source_weights_sha256, "arch": contract.arch,

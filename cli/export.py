@@ -14,11 +14,13 @@ from fer_edge.cli_support import EXIT_OK, new_parser, run_cli
 from fer_edge.data.labels import parse_labels
 from fer_edge.export.exporter import check_export_inputs, export_checked, parity_faces
 from fer_edge.models.artifact_writer import check_output_folder
+from fer_edge.models.bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, bundled_name_of, names_help
 from fer_edge.runtime.contract import INTERPOLATIONS
 
 
 EXAMPLES = """examples:
   fer-export                                   # bundled reference model -> ./fer-artifacts/*_fp32.onnx
+  fer-export --model ferplus                   # the bundled 8-class FER+ model instead
   fer-export --fp16                            # also an FP16 ONNX for strongly typed TensorRT builds
   fer-export --checkpoint best.pt --arch tf_efficientnetv2_b0 --img-size 64 --labels ferplus
   fer-export --checkpoint w.safetensors --parity-data fer2013.csv --parity-split PublicTest
@@ -46,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("fer-export", description="Export a timm EfficientNetV2 FER checkpoint to deployable ONNX "
                         "artifacts.", epilog=EXAMPLES)
     model = parser.add_argument_group("model")
-    model.add_argument("--checkpoint", metavar="PATH",
-                       help=".pt/.pth state_dict or training checkpoint, or .safetensors (default: the bundled reference model)")
+    which = model.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", metavar="PATH",
+                       help=".pt/.pth state_dict or training checkpoint, or .safetensors (default: the bundled fer2013 model)")
+    which.add_argument("--model", choices=sorted(BUNDLED_MODELS), metavar="NAME",
+                       help=f"a bundled model by name (default fer2013). {names_help()}")
     model.add_argument("--arch", help="timm architecture, e.g. tf_efficientnetv2_b0 (read from the checkpoint when recorded)")
     model.add_argument("--img-size", type=int, metavar="N", help="square input size in pixels (read from the checkpoint when recorded)")
     model.add_argument("--labels", type=_labels, metavar="SET", help="fer2013 (7), ferplus (8) or a,b,c in output order")
@@ -91,7 +96,10 @@ def _engine_from_onnx(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace, command: List[str]) -> int:
     """Every check first (arguments, output folder, checkpoint, data, calibration faces), then the long work."""
-    calib_source = check_int8_args(args)
+    if args.model:
+        args.checkpoint = str(bundled_model(args.model).weights)
+    bundled = bundled_name_of(args.checkpoint) if args.checkpoint else DEFAULT_MODEL
+    calib_source = check_int8_args(args, bundled)
     check_engine_args(args)
     check_serving_args(args)
     inputs = check_export_inputs(

@@ -109,15 +109,17 @@ def options_from_args(args: argparse.Namespace) -> Int8Options:
                                         float_small_layers=args.int8_small_layers == "float").validate())
 
 
-def check_int8_args(args: argparse.Namespace) -> Optional[str]:
-    """Run before anything is read, so a missing calibration set fails at once; returns the calibration source."""
+def check_int8_args(args: argparse.Namespace, bundled: Optional[str]) -> Optional[str]:
+    """Run before anything is read, so a missing calibration set fails at once; returns the calibration source.
+
+    bundled: the name of the bundled model being exported (its shipped synthetic set is the default), else None."""
     if not args.int8:
         return None
     if args.calib_cache:
         check_output_folder(args.calib_cache, "--calib-cache")
     if args.gate_backend == "openvino":
         import_openvino()       # not installed: fail now, not after the FP32 export
-    return resolve_calibration(options_from_args(args), reference_model=args.checkpoint is None)
+    return resolve_calibration(options_from_args(args), bundled)
 
 
 def read_int8_calibration(args: argparse.Namespace, calib_source: Optional[str],

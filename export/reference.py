@@ -1,4 +1,4 @@
-"""The bundled reference model as an FP32 ONNX, exported on first use (fer-demo, benchmarks) and reused after.
+"""A bundled model as an FP32 ONNX, exported on first use (fer-demo, benchmarks) and reused after.
 
 An export is reused when its sidecar records the bundled weights' sha256 and precision fp32, whether it sits in
 the user cache (`reference-<sha256[:12]>`, where the first use exports) or in ./fer-artifacts, where a plain
@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from fer_edge.export.exporter import export_model
-from fer_edge.models.checkpoint import REFERENCE_MODEL, require_export_stack
+from fer_edge.models.bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model
+from fer_edge.models.checkpoint import require_export_stack
 from fer_edge.runtime.artifact_io import sha256_file, sidecar_contract
 from fer_edge.runtime.errors import BackendUnavailableError, FerEdgeError
 
@@ -25,11 +26,8 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def reference_weights_sha256() -> str:
-    if not REFERENCE_MODEL.exists():
-        raise FerEdgeError(f"the bundled reference model {REFERENCE_MODEL} is missing; reinstall fer-edge or pass "
-                           "--model")
-    return sha256_file(REFERENCE_MODEL)
+def reference_weights_sha256(name: str = DEFAULT_MODEL) -> str:
+    return sha256_file(bundled_model(name).weights)
 
 
 def cache_folder(weights_sha256: str) -> Path:
@@ -54,18 +52,27 @@ def _fp32_weights_sha256(path: Path) -> Optional[str]:
     return contract.source_weights_sha256 if contract is not None and contract.precision == "fp32" else None
 
 
-def reference_model_path(log=print) -> Path:
-    """The bundled reference model as FP32 ONNX: an existing export of the same weights, or a new one in the cache."""
-    sha = reference_weights_sha256()
+def reference_model_path(name: str = DEFAULT_MODEL, log=print) -> Path:
+    """A bundled model as FP32 ONNX: an existing export of the same weights, or a new one in the cache."""
+    weights = bundled_model(name).weights
+    sha = sha256_file(weights)
     found = find_reference_export(sha)
     if found is not None:
-        log(f"model: {found} (the bundled reference model, exported earlier; weights sha256 {sha[:12]})")
+        log(f"model: {found} (the bundled {name} model, exported earlier; weights sha256 {sha[:12]})")
         return found
     try:
-        require_export_stack("no --model given, and exporting the bundled reference model")
+        require_export_stack(f"exporting the bundled {name} model")
     except BackendUnavailableError as exc:
         raise BackendUnavailableError(f"{exc}; or export once on another machine with `fer-export` and pass "
                                       "--model model.onnx") from None
     folder = cache_folder(sha)
-    log(f"exporting the bundled reference model to {folder} (first use only; a few minutes) ...")
-    return Path(export_model(checkpoint=None, out_dir=str(folder), log=log)["fp32"].path)
+    log(f"exporting the bundled {name} model to {folder} (first use only; a few minutes) ...")
+    return Path(export_model(checkpoint=str(weights), out_dir=str(folder), log=log)["fp32"].path)
+
+
+def bundled_name_in(value: Optional[str]) -> Optional[str]:
+    """The bundled model a --model value of fer-demo / fer-bench --pipeline names (None: the default one), or None
+    when it is an artifact path. A file of the same name as a bundled model wins: it is what the user has."""
+    if value is None:
+        return DEFAULT_MODEL
+    return value if value in BUNDLED_MODELS and not Path(value).exists() else None

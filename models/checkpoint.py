@@ -25,7 +25,6 @@ REQUIRED_KEYS = ("format", "arch", "img_size", "in_chans", "labels", "mean", "st
 # Keys under which training scripts (ours, timm's train.py, Lightning, plain loops) keep the weights.
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "state_dict_ema", "model_ema", "ema")
 _PREFIXES = ("module.", "model.", "_orig_mod.")
-REFERENCE_MODEL = Path(__file__).resolve().parent / "reference_model" / "fer2013_tf_efficientnetv2_b0.safetensors"
 
 
 # What reading checkpoints and building models need: the [export] extra, with the CPU build of torch pinned first

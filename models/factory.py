@@ -13,8 +13,8 @@ from typing import Dict, List, Optional
 
 import fer_edge
 
-from fer_edge.models.checkpoint import (Checkpoint, CheckpointError, REFERENCE_MODEL, load_checkpoint,
-                                        resolve_field, resolve_labels)
+from fer_edge.models.bundled import bundled_model
+from fer_edge.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_field, resolve_labels
 from fer_edge.models.timm_compat import import_timm
 from fer_edge.runtime.contract import ModelContract
 
@@ -41,12 +41,9 @@ def _versions() -> Dict[str, str]:
 
 
 def read_checkpoint(checkpoint: Optional[str], allow_pickle: bool = False) -> Checkpoint:
-    """The given checkpoint, or the bundled reference model when none is given."""
+    """The given checkpoint, or the default bundled model when none is given."""
     if checkpoint is None:
-        if not REFERENCE_MODEL.exists():
-            raise CheckpointError(f"the bundled reference model is missing ({REFERENCE_MODEL}); reinstall fer-edge "
-                                  "or pass --checkpoint PATH")
-        checkpoint = REFERENCE_MODEL
+        checkpoint = bundled_model().weights
     return load_checkpoint(checkpoint, allow_pickle=allow_pickle)
 
 

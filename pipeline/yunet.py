@@ -67,11 +67,25 @@ def letterbox(frame: np.ndarray, target_w: int, target_h: int, pad_to: int = 1) 
     new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
     out_w = -(-target_w // pad_to) * pad_to
     out_h = -(-target_h // pad_to) * pad_to
-    resized = frame if (new_w, new_h) == (w, h) else cv2.resize(
-        frame, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    resized = frame if (new_w, new_h) == (w, h) else shrink(frame, new_w, new_h)
     canvas = np.zeros((out_h, out_w, 3), dtype=np.uint8)
     canvas[:new_h, :new_w] = resized
     return canvas, scale
+
+
+def shrink(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+    """Resize for the detector: exact halvings with INTER_AREA, then one INTER_LINEAR step of less than 2x.
+
+    OpenCV's INTER_AREA is fast only at whole-number ratios: 640x480 -> 320x240 took 0.09 ms on a 2-core Xeon, but
+    -> 224x168 took 1.14 ms and -> 160x120 0.68 ms, more than YuNet itself at those sizes (1.04 / 0.49 ms). Halving
+    first keeps the anti-aliasing of INTER_AREA where the ratio is large, and the last step is small enough for
+    INTER_LINEAR (0.09 ms).
+    """
+    while image.shape[1] >= 2 * new_w and image.shape[0] >= 2 * new_h:
+        image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    if (image.shape[1], image.shape[0]) == (new_w, new_h):
+        return image
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
 
 
 def decode(outputs: dict, input_w: int, input_h: int, score_threshold: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -109,24 +109,26 @@ def test_fewer_images_than_count_is_a_clear_error(tmp_path):
 
 def test_no_calib_for_a_user_checkpoint_explains_what_calibration_is():
     with pytest.raises(DataError, match="representative face crops"):
-        resolve_calibration(Int8Options(), reference_model=False)
+        resolve_calibration(Int8Options(), bundled=None)
     with pytest.raises(DataError, match="no such file"):
-        resolve_calibration(Int8Options(calib="/nonexistent/faces"), reference_model=False)
+        resolve_calibration(Int8Options(calib="/nonexistent/faces"), bundled=None)
 
 
 def test_reference_model_without_calib_uses_the_shipped_synthetic_set():
     from fer_edge.calibration.synthesize import SHIPPED_SET
-    assert resolve_calibration(Int8Options(), reference_model=True) == str(SHIPPED_SET)
-    assert resolve_calibration(Int8Options(calib=str(SHIPPED_SET)), reference_model=False) == str(SHIPPED_SET)
+    assert resolve_calibration(Int8Options(), bundled="fer2013") == str(SHIPPED_SET)
+    assert resolve_calibration(Int8Options(calib=str(SHIPPED_SET)), bundled=None) == str(SHIPPED_SET)
 
 
-def test_shipped_synthetic_set_is_unlabelled_and_made_from_the_shipped_weights():
-    from fer_edge.calibration.synthesize import SHIPPED_SET, read_provenance
-    from fer_edge.models.checkpoint import REFERENCE_MODEL
+@pytest.mark.parametrize("name", ["fer2013", "ferplus"])
+def test_shipped_synthetic_set_is_unlabelled_and_made_from_the_shipped_weights(name):
+    from fer_edge.calibration.synthesize import SHIPPED_SETS, read_provenance, shipped_set_for
+    from fer_edge.models.bundled import BUNDLED_MODELS
     from fer_edge.runtime.artifact_io import sha256_file
-    provenance = read_provenance(SHIPPED_SET)
-    assert provenance["weights_sha256"] == sha256_file(REFERENCE_MODEL)
-    faces = sources.load_source(str(SHIPPED_SET))
+    provenance = read_provenance(SHIPPED_SETS[name])
+    assert provenance["weights_sha256"] == sha256_file(BUNDLED_MODELS[name].weights)
+    assert resolve_calibration(Int8Options(), bundled=name) == str(shipped_set_for(name)) == str(SHIPPED_SETS[name])
+    faces = sources.load_source(str(SHIPPED_SETS[name]))
     assert not faces.labelled and faces.images.dtype == np.uint8
     assert faces.images.shape[1:] == (provenance["input_size"],) * 2 and len(faces) >= 512 + 64
     # Not blank and not saturated: the images span the pixel range the way faces do.
@@ -137,9 +139,12 @@ def test_stale_synthetic_set_is_refused_with_the_regenerate_command(tmp_path, mo
     from fer_edge.calibration import synthesize
     other = tmp_path / "other.safetensors"
     other.write_bytes(b"other weights")
-    monkeypatch.setattr(synthesize, "REFERENCE_MODEL", other)
-    with pytest.raises(DataError, match="synthesised from other weights.*fer_edge.calibration.synthesize"):
-        resolve_calibration(Int8Options(), reference_model=True)
+    from fer_edge.models.bundled import BundledModel
+    monkeypatch.setattr(synthesize, "bundled_model", lambda name: BundledModel(name, other, "test"))
+    with pytest.raises(DataError, match="synthesised from other weights.*fer_edge.calibration.synthesize`"):
+        resolve_calibration(Int8Options(), bundled="fer2013")
+    with pytest.raises(DataError, match="bundled ferplus model.*synthesize --model ferplus`"):
+        resolve_calibration(Int8Options(), bundled="ferplus")
 
 
 def test_cli_refuses_int8_without_calib_before_exporting(tmp_path):

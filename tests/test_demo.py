@@ -181,6 +181,20 @@ def test_a_photo_prints_each_face_with_box_label_and_score(tmp_path, tiny_model,
     assert "1 frames, 4 faces" in err
 
 
+def test_the_openvino_backend_gives_the_same_answers(tmp_path, tiny_model, capsys):
+    """--backend openvino (the CPU-kiosk choice) runs the same model: same faces, labels and scores."""
+    pytest.importorskip("openvino", reason="needs the [openvino] extra")
+    from fer_edge.cli.demo import main
+    cv2.imwrite(str(tmp_path / "group.png"), scene(4))
+    answers = {}
+    for backend in ("onnxruntime", "openvino"):
+        assert main([str(tmp_path / "group.png"), "--model", str(tiny_model), "--backend", backend]) == 0
+        answers[backend] = [FACE_LINE.match(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(answers["openvino"]) == 4 and all(answers["openvino"])
+    for ort, ov in zip(answers["onnxruntime"], answers["openvino"]):
+        assert ort["label"] == ov["label"] and abs(float(ort["score"]) - float(ov["score"])) <= 0.011
+
+
 def test_a_photo_without_a_face_says_so(tmp_path, tiny_model, capsys):
     from fer_edge.cli.demo import main
     cv2.imwrite(str(tmp_path / "wall.png"), np.full((240, 320, 3), 128, np.uint8))

@@ -52,7 +52,7 @@ def engines(reference_onnx, tmp_path_factory):
 @needs_rtx
 @needs_export_stack
 def test_reference_model_fp32_fp16_int8_build_strongly_typed_engines_with_sidecars(engines, reference_onnx):
-    from fer_edge.models.checkpoint import REFERENCE_MODEL
+    from fer_edge.models.bundled import REFERENCE_MODEL
     built, _, logs = engines
     for precision, engine in built.items():
         onnx_path, contract = reference_onnx[precision]

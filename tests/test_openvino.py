@@ -153,8 +153,9 @@ def test_contract_checks_refuse_what_the_graph_or_kernels_contradict(artifacts, 
 
 @needs_export_stack
 @needs_openvino
-def test_threads_share_the_one_infer_request_safely(artifacts):
-    """Several threads on one model: every call returns its own batch's outputs (the request is locked)."""
+def test_threads_share_the_infer_requests_safely(artifacts):
+    """Several threads on one model, each with its own batch size: every call returns its own batch's outputs
+    (the requests are locked), and each batch size keeps its own request, so shapes never change under one."""
     with load(artifacts["int8"], backend="openvino", threads=1) as model:
         batches = [model.preprocess(_faces(n, seed=n)[0]) for n in (1, 3, 5, 8)]
         expected = [model.infer(b) for b in batches]
@@ -173,6 +174,7 @@ def test_threads_share_the_one_infer_request_safely(artifacts):
         for t in threads:
             t.join()
         assert not failures
+        assert sorted(model.backend._requests) == [1, 3, 5, 8]
     with pytest.raises(ModelLoadError, match="closed"):
         model.backend.run(batches[0])
 

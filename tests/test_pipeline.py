@@ -252,7 +252,7 @@ def test_the_readme_runtime_example_runs_on_detector_boxes(tiny_model, capsys):
     from fer_edge.pipeline.detectors import create_detector
     readme = (REPO / "README.md").read_text()
     code = readme.split("### The runtime in your camera loop")[1].split("```python\n")[1].split("```")[0]
-    shipped = '"fer-artifacts/tf_efficientnetv2_b0_48px_fer2013_fp32.onnx"'
+    shipped = '"fer-artifacts/tf_efficientnetv2_b0_64px_fer2013_fp32.onnx"'
     assert shipped in code
     frame = scene(4)
     exec(code.replace(shipped, repr(str(tiny_model))), {"frame": frame, "boxes": [d.box for d in
@@ -383,3 +383,22 @@ def test_pipeline_benchmark_rejects_bad_options(capsys):
     from fer_edge.benchmarks.pipeline_bench import main
     assert main(["--pipeline", "x.png", "--frame-size", "big", "--model", "m.onnx"]) == 2
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
+    assert main(["--pipeline", "x.png", "--model", "m.onnx", "--backend", "onnxruntime,openvino"]) == 2
+    assert "runs one classifier backend" in capsys.readouterr().err
+
+
+@needs_export_stack
+def test_pipeline_benchmark_on_openvino_at_a_smaller_detector_size(tmp_path, tiny_model):
+    """The CPU-kiosk configuration: the classifier on OpenVINO, YuNet at 224; both show in the report."""
+    pytest.importorskip("openvino", reason="needs the [openvino] extra")
+    import json
+    from fer_edge.benchmarks.pipeline_bench import main
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), face_photo())
+    prefix = tmp_path / "kiosk"
+    assert main(["--pipeline", str(photo), "--model", str(tiny_model), "--backend", "openvino", "--detector-size",
+                 "224", "--faces-per-frame", "1", "--iterations", "3", "--warmup", "1", "--smoothing-frames", "0",
+                 "--threads", "1", "--no-progress", "--pipeline-report", str(prefix)]) == 0
+    report = json.loads(prefix.with_suffix(".json").read_text())
+    assert report["model"]["backend"] == "openvino" and "frames fitted into 224x224" in report["detector"]
+    assert report["configs"]["1_faces"]["faces_detected_min"] == 1

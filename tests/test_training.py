@@ -229,6 +229,36 @@ def test_smoke_train_resume_and_ship(tmp_path):
     assert model(x).shape == (4, 7)
 
 
+def test_warm_start_keeps_the_backbone_and_refits_the_head_for_new_labels(tmp_path):
+    """--init-from: FER-2013 weights -> an 8-class run: every backbone tensor copied, the classifier fresh (zero
+    init), and a fresh schedule (not the source's); same labels -> the classifier is copied too."""
+    from fer_edge.data.labels import FERPLUS_LABELS
+    train, val = synthetic_split(32, seed=3), synthetic_split(16, seed=4, split_code=1, row_offset=1000)
+    src = T.train(_tiny_cfg(tmp_path / "a"), train, val)["best_path"]
+    source = torch.load(src, weights_only=True)["state_dict"]
+
+    eight = D.Split(x=train.x, y=train.y, row=train.row, split=train.split, class_names=list(FERPLUS_LABELS))
+    eight_val = D.Split(x=val.x, y=val.y, row=val.row, split=val.split, class_names=list(FERPLUS_LABELS))
+    still = {"lr": 1e-12, "min_lr": 1e-13, "warmup_epochs": 0}   # a learning rate that leaves the weights as they are
+    cfg = _tiny_cfg(tmp_path / "b", labels=list(FERPLUS_LABELS), init_from=str(src), zero_init_head=True, **still)
+    res = T.train(cfg, eight, eight_val)
+    ck = torch.load(res["last_path"], weights_only=True)
+    raw = ck["raw_state_dict"]
+    assert ck["scheduler"]["last_epoch"] == 32 // 16     # a new schedule of its own length
+    assert raw["classifier.weight"].shape == (8, 1280) and float(raw["classifier.weight"].abs().max()) < 1e-8
+    for name in ("conv_stem.weight", "blocks.5.0.conv_pwl.weight"):
+        assert torch.allclose(raw[name], source[name], atol=1e-8, rtol=0), name
+    assert not torch.allclose(raw["conv_stem.weight"], torch.load(T.train(_tiny_cfg(tmp_path / "e", **still), train,
+                              val)["last_path"], weights_only=True)["raw_state_dict"]["conv_stem.weight"])
+
+    same = T.train(_tiny_cfg(tmp_path / "c", init_from=str(src), **still), train, val)
+    assert torch.allclose(torch.load(same["last_path"], weights_only=True)["raw_state_dict"]["classifier.weight"],
+                          source["classifier.weight"], atol=1e-8, rtol=0)
+
+    with pytest.raises(ValueError, match="same architecture"):
+        T.train(_tiny_cfg(tmp_path / "d", init_from=str(src), arch="tf_efficientnetv2_b1"), train, val)
+
+
 # -------------------------------------------------------------------------- real FER-2013 data
 @needs_data
 @pytest.mark.shared

@@ -134,3 +134,16 @@ def test_loss_curve_comparison():
     res = S.compare_curves(a, [2.01] * 100, window=50, tolerance=0.05)
     assert res["windows"] == 2 and res["passed"] and res["max_abs_diff_windowed"] == pytest.approx(0.01)
     assert not S.compare_curves(a, [2.2] * 100, window=50, tolerance=0.05)["passed"]
+
+
+def test_loss_check_measures_its_tolerance_from_a_second_seed(tmp_path):
+    """Without a given tolerance the baseline runs again from seed 1: the threshold is that run-to-run spread,
+    and the report carries all three curves."""
+    res = S.loss_check(steps=20, batch=16, size=32, threads=1, window=10, data_dir=str(tmp_path), compile=False)
+    assert res["tolerance_source"].startswith("measured") and res["windows"] == 2
+    assert len(res["seed1_windows"]) == 2 and res["seed1_windows"] != res["baseline_windows"]
+    spread = max(abs(a - b) for a, b in zip(res["baseline_windows"], res["seed1_windows"]))
+    assert res["tolerance"] == pytest.approx(spread, abs=1e-4) and res["tolerance"] > 0
+    assert res["passed"] == (res["max_abs_diff_windowed"] <= res["tolerance"])
+    text = "\n".join(S.markdown({"loss_check": {**res, "command": "fer-train speed --loss-check 20"}}))
+    assert "measured: baseline vs baseline from seed 1" in text and "baseline, seed 1 |" in text

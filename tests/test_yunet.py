@@ -208,3 +208,21 @@ def test_detector_names():
         create_detector("mediapipe")
     with pytest.raises(ValueError, match="too small"):
         create_detector(input_size=16)
+
+
+def test_detector_shrink_halves_with_area_then_one_linear_step():
+    """The detector's resize: whole halvings by INTER_AREA (fast and anti-aliased), then INTER_LINEAR for the rest
+    of the way, so an arbitrary --detector-size does not pay INTER_AREA's slow fractional path."""
+    from fer_edge.pipeline.yunet import shrink
+    rng = np.random.default_rng(0)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+    halved_twice = cv2.resize(cv2.resize(frame, (320, 240), interpolation=cv2.INTER_AREA), (160, 120),
+                              interpolation=cv2.INTER_AREA)
+    assert np.array_equal(shrink(frame, 160, 120), halved_twice)
+    via_320 = cv2.resize(cv2.resize(frame, (320, 240), interpolation=cv2.INTER_AREA), (224, 168),
+                         interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(shrink(frame, 224, 168), via_320)
+    # Close to a direct INTER_AREA resize (what the detector used before): the anti-aliasing is kept.
+    direct = cv2.resize(frame, (224, 168), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert np.abs(shrink(frame, 224, 168).astype(np.float32) - direct).mean() < 1.5
+    assert shrink(frame, 800, 600).shape == (600, 800, 3)      # enlarging: one linear step

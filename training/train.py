@@ -55,7 +55,7 @@ def _parse_value(text: str):
 
 def apply_overrides(cfg: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
     for key in ("epochs", "batch_size", "lr", "img_size", "threads", "seed", "device", "limit_train", "limit_val",
-                "out_dir", "ema_decay", "warmup_epochs", "weight_decay", "label_smoothing"):
+                "out_dir", "ema_decay", "warmup_epochs", "weight_decay", "label_smoothing", "init_from"):
         value = getattr(args, key, None)
         if value is not None:
             cfg[key] = value
@@ -276,6 +276,12 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
 
     model = new_training_model(cfg["arch"], len(labels), 1, cfg["drop_rate"], cfg["drop_path_rate"],
                                cfg.get("zero_init_head", False)).to(device)  # runs saved before the option: off
+    if cfg.get("init_from") and state is None:
+        from fer_edge.training.warm_start import warm_start
+        ws = warm_start(model, cfg["init_from"], cfg["arch"], labels)
+        print(f"warm start from {ws['source']}: {ws['copied']} tensors copied"
+              + (f", classifier fresh ({len(ws['source_labels'])} -> {len(labels)} labels)" if ws["fresh"] else ""),
+              flush=True)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, cfg["ema_decay"], foreach=bool(cfg.get("foreach_ema", False)))
