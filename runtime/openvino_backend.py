@@ -170,7 +170,9 @@ class OpenVinoBackend:
         with self._lock:
             if self._requests is None:
                 raise ModelLoadError(f"{self.source}: this OpenVINO backend was closed; load the model again")
-            request = self._requests.get(batch.shape[0]) or self._new_request(batch.shape[0])
+            request = self._requests.get(batch.shape[0])
+            if request is None:
+                request = self._new_request(batch.shape[0])
             # share_inputs: no copy of the batch (the call is synchronous); outputs are copied out of the request.
             return request.infer({0: batch}, share_inputs=True)[0]
 

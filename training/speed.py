@@ -214,8 +214,8 @@ def learnable_squares(n: int, size: int, seed: int):
 
 
 # The fast path draws its own random numbers (compiled dropout), so it is in effect another seed: its distance to
-# the baseline is a draw from the same spread as the seed-1 run's, and a 1x limit would fail about half of the
-# runs where the numerics agree. First measured: fast 0.039 vs seed spread 0.038 (300 steps, window 50).
+# the baseline is a draw from the same spread as the seed-1 run's, and a 1x limit would fail about as often as it
+# passes when the numerics agree. First measured: fast 0.039 vs seed spread 0.038 (300 steps, window 50).
 NOISE_FACTOR = 2.0
 
 
