@@ -194,7 +194,7 @@ def build_parser():
     parser.add_argument("--calib-count", type=int, default=512)
     parser.add_argument("--synthetic", metavar="PATH|shipped",
                         help="also calibrate on this unlabelled synthetic set ('shipped': the set fer-export --int8 "
-                             "uses for the bundled model) and gate it on the same --val faces")
+                             "uses for the bundled model whose weights --fp32 was exported from) and gate it on the same --val faces")
     parser.add_argument("--ablation", action="store_true",
                         help="also run the TensorRT recipe's variants (FP32 float part; SE convs and classifier "
                              "quantized; both = the earlier recipe) with the first method, same calibration and gate")

@@ -284,6 +284,15 @@ def header_from_checkpoint(ckpt: Dict[str, Any]) -> Dict[str, Any]:
             "interpolation": str(ckpt["interpolation"])}
 
 
+def read_weights(path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(state dict, header) of a fer-train .pt (its EMA weights) or a shipped .safetensors."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    ckpt = load_training_state(path)
+    return ckpt["state_dict"], header_from_checkpoint(ckpt)
+
+
 def write_safetensors(ckpt: Dict[str, Any], out_path, training_summary: Dict[str, Any]) -> Path:
     """The deployable file: EMA weights in fp16 (integer buffers unchanged) + JSON metadata under 'fer_edge'."""
     from safetensors.torch import save_file

@@ -381,14 +381,9 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
 # ----------------------------------------------------------------------------------- eval and ship
 def load_weights(path):
     """(model in fp32 with the weights, header dict) from a training .pt or the shipped .safetensors."""
-    from fer_edge.models.checkpoint import header_from_checkpoint, load_training_state, read_safetensors
+    from fer_edge.models.checkpoint import read_weights
     from fer_edge.models.factory import build_model
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        state, meta = read_safetensors(path)
-    else:
-        ckpt = load_training_state(path)
-        state, meta = ckpt["state_dict"], header_from_checkpoint(ckpt)
+    state, meta = read_weights(path)
     model = build_model(meta["arch"], len(meta["labels"]), int(meta["in_chans"]), state)  # fp16 copied into fp32
     return model.float().eval(), meta
 

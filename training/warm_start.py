@@ -11,16 +11,11 @@ from typing import Any, Dict, List, Tuple
 
 def source_weights(path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(EMA state dict, header) of a fer-train .pt or a shipped .safetensors."""
-    from fer_edge.models.checkpoint import header_from_checkpoint, load_training_state, read_safetensors
-    path = Path(path)
-    if not path.is_file():
+    from fer_edge.models.checkpoint import read_weights
+    if not Path(path).is_file():
         raise FileNotFoundError(f"init_from: {path} does not exist; give a fer-train best.pt/last.pt or a shipped "
                                 ".safetensors")
-    if path.suffix == ".safetensors":
-        state, meta = read_safetensors(path)
-        return state, meta
-    ckpt = load_training_state(path)
-    return ckpt["state_dict"], header_from_checkpoint(ckpt)
+    return read_weights(path)
 
 
 def warm_start(model, path, arch: str, labels: List[str], in_chans: int = 1) -> Dict[str, Any]:
