@@ -22,6 +22,9 @@ TRAIN_DOC = """Train timm tf_efficientnetv2_b0 on FER-2013 (or FER+) and ship th
                                                             # a second cycle from a run's weights (new schedule)
     fer-train --config training/config_cpu_ferplus.json --init-from models/reference_model/fer2013_tf_efficientnetv2_b0.safetensors
                                                             # FER+ (8 classes) from the FER-2013 backbone
+    fer-train --config training/config_cpu_ferplus.json --set vote_targets=1.0 --label-smoothing 0
+                                                            # ... on each face's FER+ vote distribution, not the
+                                                            # majority (0.3 on FER-2013: 0.7 label + 0.3 votes)
     fer-train --config training/config_default.json         # train (GPU recipe)
     fer-train ship --checkpoint RUN/best.pt --out models/reference_model/fer2013_tf_efficientnetv2_b0.safetensors
     fer-train eval --weights FILE.{pt,safetensors} --report-prefix benchmarks/results/training_publictest

@@ -6,6 +6,7 @@ the user cache (`reference-<sha256[:12]>`, where the first use exports) or in ./
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Optional
@@ -27,7 +28,16 @@ def cache_dir() -> Path:
 
 
 def reference_weights_sha256(name: str = DEFAULT_MODEL) -> str:
-    return sha256_file(bundled_model(name).weights)
+    weights = bundled_model(name).weights
+    stat = weights.stat()
+    return _hashed(str(weights), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _hashed(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a bundled 12 MB file once per process (fer-demo checks for an export, then resolves it); a
+    rewritten file has a new mtime or size and is hashed again."""
+    return sha256_file(path)
 
 
 def cache_folder(weights_sha256: str) -> Path:
@@ -55,7 +65,7 @@ def _fp32_weights_sha256(path: Path) -> Optional[str]:
 def reference_model_path(name: str = DEFAULT_MODEL, log=print) -> Path:
     """A bundled model as FP32 ONNX: an existing export of the same weights, or a new one in the cache."""
     weights = bundled_model(name).weights
-    sha = sha256_file(weights)
+    sha = reference_weights_sha256(name)
     found = find_reference_export(sha)
     if found is not None:
         log(f"model: {found} (the bundled {name} model, exported earlier; weights sha256 {sha[:12]})")

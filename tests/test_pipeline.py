@@ -362,7 +362,7 @@ def test_pipeline_benchmark_writes_a_report(tmp_path, tiny_model):
     cv2.imwrite(str(photo), face_photo())
     rc = main(["--pipeline", str(photo), "--model", str(tiny_model),                   # default detector
                "--faces-per-frame", "1,4", "--iterations", "3", "--warmup", "1", "--smoothing-frames", "12",
-               "--threads", "1", "--no-progress", "--pipeline-report", str(prefix)])
+               "--frames-in-a-row", "2", "--threads", "1", "--no-progress", "--pipeline-report", str(prefix)])
     assert rc == 0
     report = json.loads(prefix.with_suffix(".json").read_text())
     assert list(report["configs"]) == ["1_faces", "4_faces"]
@@ -372,7 +372,8 @@ def test_pipeline_benchmark_writes_a_report(tmp_path, tiny_model):
     if astronaut_path() is not None:                                 # the astronaut is found every time
         assert four["faces_detected_min"] == 4
     assert set(four["stages"]) == {"end_to_end", "decode", "detect", "crop", "classify", "smooth"}
-    assert four["stages"]["end_to_end"]["n"] == 3
+    assert four["stages"]["end_to_end"]["n"] == 3 and report["frames_in_a_row"] == 2   # 2 streams of 2, cut to 3
+    assert all(stage["n"] == 3 for stage in report["configs"]["1_faces"]["stages"].values())
     assert four["stages"]["end_to_end"]["median"] >= four["stages"]["classify"]["median"] > 0
     assert report["smoothing"]["frames_with_one_face"] + report["smoothing"]["frames_skipped"] == 12
     text = prefix.with_suffix(".md").read_text()
@@ -385,6 +386,8 @@ def test_pipeline_benchmark_rejects_bad_options(capsys):
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
     assert main(["--pipeline", "x.png", "--model", "m.onnx", "--backend", "onnxruntime,openvino"]) == 2
     assert "runs one classifier backend" in capsys.readouterr().err
+    assert main(["--pipeline", "x.png", "--model", "m.onnx", "--frames-in-a-row", "0"]) == 2
+    assert "--frames-in-a-row must be >= 1" in capsys.readouterr().err
 
 
 @needs_export_stack

@@ -339,3 +339,50 @@ def test_ferplus_labels_need_the_vote_counts(tmp_path):
     assert len(D.load_split(tmp_path, "publictest")) == 3
     with pytest.raises(ValueError, match=r"no \['ferplus_votes'\] array \(FER\+ labels need the FER\+ vote counts"):
         D.load_split(tmp_path, "publictest", FERPLUS_LABELS)
+
+
+def test_vote_targets_blend_the_label_with_the_ferplus_votes():
+    """vote_targets: FER+ vote columns land on the classes of the same name (anger -> angry, ...), contempt,
+    unknown and NF are dropped, rows without a usable vote keep their one-hot label, every row sums to 1."""
+    from fer_edge.data.labels import FERPLUS_LABELS
+    s = synthetic_split(4, seed=9)
+    s.y = np.array([0, 3, 6, 2])
+    # columns: neutral happiness surprise sadness anger disgust fear contempt unknown NF
+    s.votes = np.array([[0, 0, 0, 0, 10, 0, 0, 0, 0, 0],    # all anger
+                        [2, 6, 0, 0, 0, 0, 0, 2, 0, 0],     # contempt votes dropped: happy 0.75, neutral 0.25
+                        [0, 0, 0, 0, 0, 0, 0, 5, 3, 2],     # no FER-2013 emotion voted: the label alone
+                        [0, 0, 4, 0, 0, 0, 4, 0, 0, 0]], np.uint8)  # surprise / fear split
+    t = D.vote_targets(s, 0.5)
+    assert t.shape == (4, 7) and t.dtype == np.float32 and np.allclose(t.sum(1), 1.0)
+    angry, disgust, fear, happy, sad, surprise, neutral = range(7)
+    assert t[0, angry] == pytest.approx(1.0)
+    assert t[1, happy] == pytest.approx(0.5 + 0.5 * 0.75) and t[1, neutral] == pytest.approx(0.125)
+    assert t[2, neutral] == pytest.approx(1.0)
+    assert t[3, fear] == pytest.approx(0.75) and t[3, surprise] == pytest.approx(0.25)
+    assert np.array_equal(D.vote_targets(s, 0.0), np.eye(7, dtype=np.float32)[s.y])
+
+    eight = D.Split(x=s.x, y=np.array([4, 1, 7, 2]), row=s.row, split=s.split, class_names=list(FERPLUS_LABELS),
+                    votes=s.votes)
+    t8 = D.vote_targets(eight, 1.0)
+    assert t8.shape == (4, 8) and t8[1, 7] == pytest.approx(0.2) and t8[2, 7] == pytest.approx(1.0)
+    assert np.allclose(D.vote_targets(eight.subset(np.array([3, 1])), 1.0), t8[[3, 1]])
+    with pytest.raises(ValueError, match="within 0..1"):
+        D.vote_targets(s, 1.5)
+    s.votes = None
+    with pytest.raises(ValueError, match="set vote_targets to 0"):
+        D.vote_targets(s, 0.3)
+
+
+def test_training_on_vote_targets_learns_and_logs_label_accuracy(tmp_path):
+    """A run on target distributions (all votes on the true class plus some on a neighbour) trains: the loss
+    falls over the epochs and train top-1 is scored against the labels."""
+    train, val = synthetic_split(64, seed=11), synthetic_split(32, seed=12, split_code=1, row_offset=1000)
+    votes = np.zeros((64, 10), np.uint8)
+    ferplus_column = {0: 4, 1: 5, 2: 6, 3: 1, 4: 3, 5: 2, 6: 0}   # FER-2013 class -> FER+ vote column
+    votes[np.arange(64), [ferplus_column[int(c)] for c in train.y]] = 8
+    votes[:, 8] = 2
+    train.votes = votes
+    res = T.train(_tiny_cfg(tmp_path, epochs=3, vote_targets=1.0, compile=False), train, val)
+    rows = res["history"]
+    assert len(rows) == 3 and rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert 0.0 <= rows[-1]["train_top1"] <= 100.0

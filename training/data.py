@@ -35,6 +35,7 @@ class Split:
     row: np.ndarray     # int64 [N]
     split: np.ndarray   # uint8 [N]
     class_names: List[str]
+    votes: Optional[np.ndarray] = None  # uint8 [N, 10] FER+ vote counts where the npz files carry them
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -44,7 +45,8 @@ class Split:
         return np.bincount(self.y, minlength=n)
 
     def subset(self, index: np.ndarray) -> "Split":
-        return Split(self.x[index], self.y[index], self.row[index], self.split[index], list(self.class_names))
+        return Split(self.x[index], self.y[index], self.row[index], self.split[index], list(self.class_names),
+                     None if self.votes is None else self.votes[index])
 
 
 def label_source(labels: Sequence[str]) -> str:
@@ -80,7 +82,7 @@ def load_split(data_dir, name: str, labels: Sequence[str] = FER2013_LABELS) -> S
                 raise ValueError(f"{path}: no {missing} array" + (" (FER+ labels need the FER+ vote counts that the "
                                  "shared FER-2013 npz files carry; train FER-2013 labels with training/config_cpu.json)"
                                  if "ferplus_votes" in missing else "") + "; is this a shared FER-2013 npz file?")
-            parts.append({k: z[k] for k in keys})
+            parts.append({k: z[k] for k in keys + (("ferplus_votes",) if "ferplus_votes" in z.files else ())})
     class_names = [str(c) for c in parts[0]["class_names"]]
     if class_names != list(FER2013_LABELS):
         raise ValueError(f"{data_dir}: class_names {class_names} differ from the expected {list(FER2013_LABELS)}")
@@ -90,16 +92,44 @@ def load_split(data_dir, name: str, labels: Sequence[str] = FER2013_LABELS) -> S
         row=np.concatenate([p["row"] for p in parts]).astype(np.int64),
         split=np.concatenate([p["split"] for p in parts]).astype(np.uint8),
         class_names=class_names,
+        votes=np.concatenate([p["ferplus_votes"] for p in parts]) if all("ferplus_votes" in p for p in parts) else None,
     )
     if not np.all(out.split == SPLIT_CODES[name]):
         bad = np.unique(out.split[out.split != SPLIT_CODES[name]]).tolist()
         raise ValueError(f"{name} files hold rows with split codes {bad}; expected only {SPLIT_CODES[name]}")
     if source == "ferplus":
-        majority = ferplus_majority(np.concatenate([p["ferplus_votes"] for p in parts]))
+        majority = ferplus_majority(out.votes)
         clear = majority >= 0
         out = out.subset(np.flatnonzero(clear))
         out.y, out.class_names = majority[clear].astype(np.int64), list(FERPLUS_LABELS)
     return out
+
+
+# FER+ vote columns (neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF) under
+# FER-2013's names; contempt, unknown and NF have no FER-2013 class and are left out.
+FERPLUS_TO_FER2013 = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad",
+                      "anger": "angry", "disgust": "disgust", "fear": "fear"}
+
+
+def vote_targets(split: Split, weight: float) -> np.ndarray:
+    """float32 [N, C] training targets: (1 - weight) x one-hot label + weight x the row's FER+ vote distribution
+    over the split's classes (FER+ vote columns renamed to FER-2013's for a FER-2013 split). Rows with no vote
+    for any of those classes keep their one-hot label."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"vote_targets weight must be within 0..1, got {weight}")
+    if split.votes is None:
+        raise ValueError("vote_targets needs FER+ vote counts ('ferplus_votes' in the npz files, as the shared "
+                         "FER-2013 files have); set vote_targets to 0 to train on the labels alone")
+    classes = list(split.class_names)
+    columns = list(FERPLUS_LABELS) if classes == list(FERPLUS_LABELS) else [
+        next((c for c, name in FERPLUS_TO_FER2013.items() if name == label), None) for label in classes]
+    if None in columns:
+        raise ValueError(f"classes {classes} have no FER+ vote column for {classes[columns.index(None)]!r}")
+    counts = split.votes[:, [list(FERPLUS_LABELS).index(c) for c in columns]].astype(np.float32)
+    onehot = np.eye(len(classes), dtype=np.float32)[split.y]
+    total = counts.sum(axis=1, keepdims=True)
+    dist = np.where(total > 0, counts / np.maximum(total, 1.0), onehot)
+    return ((1.0 - weight) * onehot + weight * dist).astype(np.float32)
 
 
 def make_contract(arch: str, labels: Sequence[str], img_size: int, mean=(0.5,), std=(0.5,),

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from fer_edge.data.paths import REPO_ROOT
-from fer_edge.training.data import DEFAULT_DATA_DIR, Split, class_weights, load_split, make_contract, prepare_tensor
+from fer_edge.training.data import (DEFAULT_DATA_DIR, Split, class_weights, load_split, make_contract, prepare_tensor,
+                                    vote_targets)
 from fer_edge.training.fastpath import (compile_model, effective_lr, first_step_or_eager, new_adamw, param_groups,
                                         to_channels_last, use_channels_last, want_compile)
 
@@ -161,9 +162,9 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 # ------------------------------------------------------------------------------------------- train
 class TrainStep:
-    """One optimisation step: forward (compiled or eager), weighted label-smoothed CE (mixed when lam < 1),
-    backward, gradient clipping, optimizer step, EMA update. Shared by train() and `fer-train speed`, so the
-    speed table times the trainer's own step."""
+    """One optimisation step: forward (compiled or eager), weighted label-smoothed CE on class indices or target
+    distributions (mixed when lam < 1), backward, gradient clipping, optimizer step, EMA update. Shared by
+    train() and `fer-train speed`, so the speed table times the trainer's own step."""
 
     def __init__(self, model, forward, optimizer, ema, scaler=None, class_weight=None, label_smoothing: float = 0.0,
                  grad_clip: float = 0.0, use_amp: bool = False, amp_dtype=None):
@@ -268,7 +269,10 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
     t0 = time.time()
     x_train = prepare_tensor(train_split.x, contract)
     x_val = prepare_tensor(val_split.x, contract)
-    y_train = torch.as_tensor(train_split.y, dtype=torch.long)
+    y_hard = torch.as_tensor(train_split.y, dtype=torch.long)
+    # Cross-entropy takes class indices or, with vote_targets > 0, each row's target distribution (FER+ votes).
+    vote_weight = float(cfg.get("vote_targets", 0.0))  # runs saved before the option: labels only
+    y_train = torch.from_numpy(vote_targets(train_split, vote_weight)) if vote_weight > 0 else y_hard
     value_range = ((0.0 - cfg["mean"][0]) / cfg["std"][0], (1.0 - cfg["mean"][0]) / cfg["std"][0])
     counts = train_split.class_counts(len(labels))
     print(f"data: train {len(train_split)} {dict(zip(labels, counts.tolist()))}, PublicTest {len(val_split)}; "
@@ -345,12 +349,13 @@ def train(cfg: Dict[str, Any], train_split: Optional[Split] = None, val_split: O
         for i in range(steps_per_epoch):
             idx = perm[i * bs:(i + 1) * bs]
             xb, yb = x_train[idx].to(device, non_blocking=True), y_train[idx].to(device, non_blocking=True)
+            label = y_hard[idx].to(device, non_blocking=True)
             xb = augment_batch(xb, aug, value_range)
             xb, ya, yb2, lam = mix_batch(xb, yb, aug)
             logits, loss = step(to_channels_last(xb, channels_last), ya, yb2, lam)
             scheduler.step()
             loss_sum += float(loss.detach()) * xb.shape[0]
-            correct += int((logits.argmax(1) == ya).sum())
+            correct += int((logits.argmax(1) == label).sum())  # against the unmixed labels
             seen += xb.shape[0]
             if cfg["log_every"] and (i + 1) % int(cfg["log_every"]) == 0:
                 el = time.time() - t_ep
