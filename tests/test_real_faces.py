@@ -34,7 +34,7 @@ MULTI_FACE_NOSES = [(261, 128), (367, 309), (479, 268), (580, 377), (733, 356)]
 # should almost never flip it.
 DECISIVE_MARGIN = 0.25
 # The share of decisive faces INT8 keeps. Measured on 100 LFW faces: the 48 and 64 px models of earlier releases
-# flipped none of theirs; the vote-blended 64 px model flips 1-2 of 61 (one FP32 had at 0.63 happy vs 0.27 sad). A
+# flipped none of theirs; the vote-blended 64 px model flips 1-2 of 61 (one of them: FP32 0.63 happy, 0.27 sad). A
 # broken quantization flips a third or more.
 INT8_DECISIVE_AGREEMENT = 0.99
 # The chance that a right FP16 model fails the agreement test on an unlucky sample of faces.

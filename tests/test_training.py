@@ -374,8 +374,8 @@ def test_vote_targets_blend_the_label_with_the_ferplus_votes():
 
 
 def test_training_on_vote_targets_learns_and_logs_label_accuracy(tmp_path):
-    """A run on target distributions (all votes on the true class plus some on a neighbour) trains: the loss
-    falls over the epochs and train top-1 is scored against the labels."""
+    """A run on target distributions (every emotion vote on the true class, plus 'unknown' votes that are left
+    out) trains: the loss falls over the epochs and train top-1 is scored against the labels."""
     train, val = synthetic_split(64, seed=11), synthetic_split(32, seed=12, split_code=1, row_offset=1000)
     votes = np.zeros((64, 10), np.uint8)
     ferplus_column = {0: 4, 1: 5, 2: 6, 3: 1, 4: 3, 5: 2, 6: 0}   # FER-2013 class -> FER+ vote column
