@@ -28,9 +28,8 @@ import numpy as np
 
 from fer_edge.cli_support import new_parser, run_cli
 from fer_edge.models.artifact_writer import atomic_write_bytes, check_output_folder
-from fer_edge.models.bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model
+from fer_edge.models.bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, weights_sha256
 from fer_edge.models.factory import prepare_model
-from fer_edge.runtime.artifact_io import sha256_file
 from fer_edge.runtime.errors import DataError
 
 
@@ -58,25 +57,25 @@ def shipped_set_for(model_name: str = DEFAULT_MODEL) -> Path:
 
     A set synthesised from other weights would still calibrate, but silently less well: refuse it instead.
     """
-    path, weights = SHIPPED_SETS[model_name], bundled_model(model_name).weights
+    path = SHIPPED_SETS[model_name]
     regenerate = REGENERATE + ("" if model_name == DEFAULT_MODEL else f" --model {model_name}")
     if not path.is_file():
         raise DataError(f"the shipped synthetic calibration set is missing ({path}); reinstall fer-edge, "
                         "or pass --calib PATH with a few hundred face crops")
     made_from = read_provenance(path).get("weights_sha256")
-    if made_from != sha256_file(weights):
+    if made_from != weights_sha256(model_name):
         raise DataError(f"{path.name} was synthesised from other weights ({str(made_from)[:12]}...) than the "
                         f"bundled {model_name} model; regenerate it with `{regenerate}`, or pass --calib PATH")
     return path
 
 
-def shipped_set_for_weights(weights_sha256: str) -> Path:
+def shipped_set_for_weights(model_sha256: str) -> Path:
     """The shipped set of the bundled model with these weights (an FP32 export's source_weights_sha256)."""
     for name, model in BUNDLED_MODELS.items():
-        if model.weights.is_file() and sha256_file(model.weights) == weights_sha256:
+        if model.weights.is_file() and weights_sha256(name) == model_sha256:
             return shipped_set_for(name)
     raise DataError(f"the shipped synthetic sets belong to the bundled models ({', '.join(BUNDLED_MODELS)}); this "
-                    f"model's weights ({str(weights_sha256)[:12]}...) are none of them: pass a calibration file")
+                    f"model's weights ({str(model_sha256)[:12]}...) are none of them: pass a calibration file")
 
 
 @dataclass

@@ -6,15 +6,15 @@ the user cache (`reference-<sha256[:12]>`, where the first use exports) or in ./
 """
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Optional
 
 from fer_edge.export.exporter import export_model
 from fer_edge.models.bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model
+from fer_edge.models.bundled import weights_sha256 as bundled_weights_sha256
 from fer_edge.models.checkpoint import require_export_stack
-from fer_edge.runtime.artifact_io import sha256_file, sidecar_contract
+from fer_edge.runtime.artifact_io import sidecar_contract
 from fer_edge.runtime.errors import BackendUnavailableError, FerEdgeError
 
 # fer-export's default --out (cli/export.py, export_model's out_dir), relative to the working folder.
@@ -28,16 +28,7 @@ def cache_dir() -> Path:
 
 
 def reference_weights_sha256(name: str = DEFAULT_MODEL) -> str:
-    weights = bundled_model(name).weights
-    stat = weights.stat()
-    return _hashed(str(weights), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=8)
-def _hashed(path: str, mtime_ns: int, size: int) -> str:
-    """sha256 of a bundled 12 MB file once per process (fer-demo checks for an export, then resolves it); a
-    rewritten file has a new mtime or size and is hashed again."""
-    return sha256_file(path)
+    return bundled_weights_sha256(name)
 
 
 def cache_folder(weights_sha256: str) -> Path:

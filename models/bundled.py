@@ -5,10 +5,12 @@ the FER-2013 model is used (the one every quickstart number is measured on).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
+from fer_edge.runtime.artifact_io import sha256_file
 from fer_edge.runtime.errors import FerEdgeError
 
 _FOLDER = Path(__file__).resolve().parent / "reference_model"
@@ -42,6 +44,19 @@ def bundled_model(name: Optional[str] = None) -> BundledModel:
         raise FerEdgeError(f"the bundled {name} model {model.weights} is missing; reinstall fer-edge or pass a "
                            "checkpoint/artifact file instead")
     return model
+
+
+def weights_sha256(name: Optional[str] = None) -> str:
+    """sha256 of a bundled model's weights, read once per process per file version: an export lookup, the check
+    of the shipped calibration set and the export itself all ask for it, and each read is 12 MB."""
+    weights = bundled_model(name).weights
+    stat = weights.stat()
+    return _sha256_once(str(weights), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_once(path: str, mtime_ns: int, size: int) -> str:   # a rewritten file has a new mtime or size
+    return sha256_file(path)
 
 
 def bundled_name_of(path) -> Optional[str]:

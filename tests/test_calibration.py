@@ -136,11 +136,10 @@ def test_shipped_synthetic_set_is_unlabelled_and_made_from_the_shipped_weights(n
 
 
 def test_stale_synthetic_set_is_refused_with_the_regenerate_command(tmp_path, monkeypatch):
-    from fer_edge.calibration import synthesize
+    from fer_edge.models import bundled
     other = tmp_path / "other.safetensors"
     other.write_bytes(b"other weights")
-    from fer_edge.models.bundled import BundledModel
-    monkeypatch.setattr(synthesize, "bundled_model", lambda name: BundledModel(name, other, "test"))
+    monkeypatch.setattr(bundled, "bundled_model", lambda name: bundled.BundledModel(name, other, "test"))
     with pytest.raises(DataError, match="synthesised from other weights.*fer_edge.calibration.synthesize`"):
         resolve_calibration(Int8Options(), bundled="fer2013")
     with pytest.raises(DataError, match="bundled ferplus model.*synthesize --model ferplus`"):
